@@ -1,0 +1,33 @@
+# One command sets up and runs the main job; one sets up and runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: grow-and-prune LeNet-300-100 on MNIST from a 10%-dense mask (~10 min on 2 CPU cores).
+demo: $(STAMP)
+	$(BIN)/python -m experiments.mnist_demo --out results/demo $(ARGS)
+
+## The test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gpjax tests benchmarks experiments
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.bench_core
+
+clean:
+	rm -rf $(VENV) results
