@@ -1,0 +1,47 @@
+"""gpjax: incremental learning with grow-and-prune neural networks, in JAX.
+
+The core is a handful of pure functions over ``(params, masks)`` pytrees that work on any
+params pytree (Flax linen or NNX state, Equinox, plain dicts):
+
+* :func:`init_masks`, :func:`apply_masks`: mask pytrees (boolean on kernels, ``None`` elsewhere);
+* :func:`accumulate_gradients`: the epoch-mean gradient w.r.t. the effective weights ``W * M``;
+* :func:`grow`: switch on dormant connections with large gradients (SPEC eq. 1);
+* :func:`prune`: remove small active weights, recoverably or not (SPEC eq. 3);
+* :func:`masked`: an optax wrapper that keeps dormant weights at 0 and resets grown entries;
+* :func:`count_params`, :func:`density`, :func:`dead_units`: bookkeeping.
+
+Method: Dai, Yin, Jha, "Incremental learning using a grow-and-prune paradigm with efficient
+neural networks", arXiv:1905.10952 (US patent 12,393,842 B2).
+"""
+
+from gpjax.grow import accumulate_gradients, grow
+from gpjax.masks import (
+    DeadUnits,
+    ParamCount,
+    apply_masks,
+    count_params,
+    dead_units,
+    density,
+    dormant_is_zero,
+    init_masks,
+)
+from gpjax.optim import MaskedState, masked
+from gpjax.prune import prune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeadUnits",
+    "MaskedState",
+    "ParamCount",
+    "accumulate_gradients",
+    "apply_masks",
+    "count_params",
+    "dead_units",
+    "density",
+    "dormant_is_zero",
+    "grow",
+    "init_masks",
+    "masked",
+    "prune",
+]
