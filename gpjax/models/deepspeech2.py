@@ -1,4 +1,7 @@
-"""DeepSpeech2 with H-LSTM layers (SPEC "Models"), its CTC loss and greedy CTC decoding.
+"""DeepSpeech2 with H-LSTM layers (SPEC "Models") and its CTC loss.
+
+Greedy CTC decoding of its outputs is :func:`gpjax.metrics.greedy_ctc_decode` (re-exported
+here): ``greedy_ctc_decode(*model.apply(variables, features, paddings))``.
 
 Layout: 3 convolutions over the MFCC frames seen as a ``[T, F]`` image (leaky ReLU 0.01), the
 feature and channel axes flattened per frame, 3 bidirectional H-LSTM layers (forward and
@@ -21,8 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gpjax.metrics import greedy_ctc_decode
 from gpjax.models.hlstm import HLSTMCell
 from gpjax.models.lenet import leaky_relu
+
+__all__ = ["BLANK_ID", "DeepSpeech2", "ctc_loss", "deepspeech2_loss", "greedy_ctc_decode",
+           "lengths_to_paddings", "output_lengths"]
 
 BLANK_ID = 0
 """The CTC blank's id in every vocabulary used with :class:`DeepSpeech2`."""
@@ -177,27 +184,4 @@ def deepspeech2_loss(model: DeepSpeech2, params: Any, features: jax.Array,
     rngs = {"dropout": rng} if train else None
     logits, logit_paddings = model.apply(variables, features, paddings, train=train, rngs=rngs)
     return ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=model.blank_id)
-
-
-def ctc_greedy_decode(logits: jax.Array | np.ndarray, paddings: jax.Array | np.ndarray,
-                      *, blank_id: int = BLANK_ID) -> list[list[int]]:
-    """Greedy (best-path) CTC decoding: argmax per frame, collapse repeats, drop blanks.
-
-    Args:
-      logits: ``[B, T', V]``.
-      paddings: ``[B, T']`` (1.0 = padded frame; those frames are ignored).
-      blank_id: the blank's id.
-
-    Returns:
-      one list of character ids per utterance.
-    """
-    best = np.asarray(jnp.argmax(logits, axis=-1))
-    lengths = np.asarray(np.sum(1.0 - np.asarray(paddings), axis=1)).astype(int)
-    out = []
-    for path, n in zip(best, lengths, strict=True):
-        path = path[:n]
-        keep = np.ones(n, bool)
-        keep[1:] = path[1:] != path[:-1]
-        out.append([int(c) for c in path[keep & (path != blank_id)]])
-    return out
 
