@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["greedy_ctc_decode", "edit_distance", "wer", "cer"]
+__all__ = ["cer", "edit_distance", "greedy_ctc_decode", "wer"]
 
 
 @jax.jit
@@ -106,7 +106,7 @@ def _normalise(text: str) -> str:
 
 def _check_pairs(references: Sequence[str], hypotheses: Sequence[str], name: str) -> None:
     if isinstance(references, str) or isinstance(hypotheses, str):
-        raise ValueError(f"{name} wants lists of strings, one per utterance, not a bare string. "
+        raise TypeError(f"{name} wants lists of strings, one per utterance, not a bare string. "
                          f"Fix: call {name}([reference], [hypothesis]).")
     if len(references) != len(hypotheses):
         raise ValueError(f"{name}: {len(references)} references but {len(hypotheses)} "
@@ -136,6 +136,7 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 
     Raises:
       ValueError: the lists differ in length, or the references hold no words.
+      TypeError: bare strings instead of lists.
     """
     _check_pairs(references, hypotheses, "wer")
     pairs = [(_normalise(r).split(), _normalise(h).split())
@@ -158,6 +159,7 @@ def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 
     Raises:
       ValueError: the lists differ in length, or the references hold no characters.
+      TypeError: bare strings instead of lists.
     """
     _check_pairs(references, hypotheses, "cer")
     pairs = [(_normalise(r), _normalise(h)) for r, h in zip(references, hypotheses, strict=True)]
