@@ -117,7 +117,7 @@ def test_edit_distance_hand_made():
     assert edit_distance(["a", "b"], ["b", "a"]) == 2
 
 
-# ---------------------------------------------------------------- property: vs a recursive reference
+# ------------------------------------------------------- property: vs a recursive reference
 
 
 def _reference_distance(a: tuple, b: tuple) -> int:

@@ -190,7 +190,8 @@ def decode_ids(ids: Sequence[int] | np.ndarray) -> str:
     out = []
     for i in np.asarray(ids, np.int64).reshape(-1):
         if not 0 <= i < VOCAB_SIZE:
-            raise ValueError(f"decode_ids: id {int(i)} is outside the vocabulary 0..{VOCAB_SIZE - 1}. "
+            raise ValueError(f"decode_ids: id {int(i)} is outside the vocabulary "
+                             f"0..{VOCAB_SIZE - 1}. "
                              "Fix: decode outputs of a model built with vocab_size=VOCAB_SIZE.")
         if i != BLANK_ID:
             out.append(VOCAB[i])
@@ -324,7 +325,10 @@ def mfcc(signal: np.ndarray, sample_rate: int, *, n_mfcc: int = 13, frame_ms: fl
 
 
 def _dct_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Orthonormal DCT-II as a ``[n_in, n_out]`` matrix: ``c_k = s_k sum_n x_n cos(pi k (2n+1)/(2N))``."""
+    """Orthonormal DCT-II as an ``[n_in, n_out]`` matrix.
+
+    ``c_k = s_k sum_n x_n cos(pi k (2n + 1) / (2 N))``, ``s_0 = sqrt(1/N)``, else ``sqrt(2/N)``.
+    """
     n = np.arange(n_in)[:, None]
     k = np.arange(n_out)[None, :]
     m = np.cos(np.pi * k * (2 * n + 1) / (2 * n_in)) * np.sqrt(2.0 / n_in)
@@ -863,7 +867,8 @@ def _number(rng: np.random.Generator) -> str:
         tail = _two_digits(rest) if rest >= 10 else f"OH {_ONES[rest]}"
         return f"{_ONES[hundreds]} {tail}"
     if kind == 2:  # pairs: "FIFTY ONE FIFTY SIX"
-        return f"{_two_digits(int(rng.integers(10, 100)))} {_two_digits(int(rng.integers(10, 100)))}"
+        first, second = (int(v) for v in rng.integers(10, 100, size=2))
+        return f"{_two_digits(first)} {_two_digits(second)}"
     value = int(rng.integers(100, 10000))
     words = []
     if value >= 1000:
@@ -1013,6 +1018,11 @@ def _espeak_paths() -> tuple[str, str, str]:
             "The synthetic AN4 corpus needs eSpeak NG from the PyPI wheel 'espeakng-loader', "
             f"which is not installed. Fix: pip install '{ESPEAK_SPEC}' (or "
             "pip install 'gpjax-incremental[speech]'), or use load_an4 with CMU's AN4.") from None
+    if not hasattr(os, "fork"):
+        raise DataUnavailableError(
+            "Synthesising the corpus needs os.fork (Linux or macOS): each utterance is spoken "
+            "by a freshly forked process for determinism. Fix: synthesise it on Linux/macOS "
+            "and copy the cache file (synthetic_an4-*.npz) here.")
     lib, data = espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
     if not Path(lib).is_file():
         raise DataUnavailableError(f"espeakng-loader is installed but {lib} is missing. Fix: "
