@@ -1,0 +1,301 @@
+"""Masked training, evaluation and growth gradients for any model: the one loop every phase uses.
+
+A :class:`Task` says how to compute a model's loss and per-example errors from
+``(params, aux, batch)``; ``aux`` holds non-trainable collections (batch norm statistics). A
+:class:`TrainState` carries ``(params, masks, aux, opt_state, key)``. Data are pytrees of arrays
+with a leading example axis (e.g. ``(images [N, 28, 28, 1], labels [N])``); an epoch is one
+jitted ``lax.scan`` over a seeded permutation, so masks, learning rates and data values never
+trigger recompilation (a new data *size* does, once).
+
+Optimisers come from :func:`make_optimizer`: ``gpjax.masked`` around an optax chain whose last
+step scales by a ``learning_rate`` passed at update time, so one compiled epoch serves any
+schedule (the per-step rates are an array argument).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gpjax.grow import accumulate_gradients
+from gpjax.optim import masked
+
+PyTree = Any
+Batch = Any
+
+
+class Task(NamedTuple):
+    """How to train and evaluate one model (hashable: it is a static jit argument).
+
+    Attributes:
+      init: ``init(key, example_batch) -> (params, aux)``.
+      loss: ``loss(params, aux, batch, key) -> (scalar, new_aux)`` in training mode
+        (dropout, batch statistics updated, augmentation applied).
+      frozen_loss: ``frozen_loss(params, aux, batch) -> scalar`` in inference mode, for growth
+        gradients (parameters and statistics frozen).
+      example_errors: ``example_errors(params, aux, batch) -> [B]`` per-example error (0/1 for
+        classification), averaged by :func:`evaluate`.
+      input_kernels: fnmatch patterns of kernels fed by the network input (see ``prune``).
+    """
+
+    init: Callable
+    loss: Callable
+    frozen_loss: Callable
+    example_errors: Callable
+    input_kernels: tuple[str, ...] = ()
+
+
+def _split_variables(variables: dict) -> tuple[PyTree, PyTree]:
+    variables = dict(variables)
+    return variables.pop("params"), variables
+
+
+def classifier_task(
+    model: Any,
+    *,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> Task:
+    """A :class:`Task` for a Flax linen classifier called as ``model.apply(vars, x, train=...)``.
+
+    Args:
+      model: a Flax linen module taking ``(x, train: bool)`` and returning logits ``[B, K]``.
+      augment: optional ``augment(key, x) -> x`` applied to training batches (jittable).
+
+    Returns:
+      A task over batches ``(x [B, ...], labels int [B])`` with softmax cross-entropy loss.
+    """
+
+    def init(key: jax.Array, batch: Batch) -> tuple[PyTree, PyTree]:
+        x = batch[0]
+        variables = model.init({"params": key, "dropout": key}, x[:1], train=False)
+        return _split_variables(variables)
+
+    def loss(params, aux, batch, key):
+        x, y = batch
+        k_aug, k_drop = jax.random.split(key)
+        if augment is not None:
+            x = augment(k_aug, x)
+        mutable = list(aux.keys()) or False
+        out = model.apply({"params": params, **aux}, x, train=True, rngs={"dropout": k_drop},
+                          mutable=mutable)
+        logits, new_aux = out if mutable else (out, aux)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        return jnp.mean(ce), dict(new_aux)
+
+    def frozen_loss(params, aux, batch):
+        x, y = batch
+        logits = model.apply({"params": params, **aux}, x, train=False)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), y))
+
+    def example_errors(params, aux, batch):
+        x, y = batch
+        logits = model.apply({"params": params, **aux}, x, train=False)
+        return (jnp.argmax(logits, -1) != y).astype(jnp.float32)
+
+    return Task(init, loss, frozen_loss, example_errors,
+                tuple(getattr(model, "input_kernels", ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """An optimiser recipe (serialisable into configs and checkpoints).
+
+    Attributes:
+      name: "sgd" (with momentum, Nesterov optional) or "adam" (decoupled weight decay).
+      momentum: SGD momentum.
+      nesterov: Nesterov momentum for SGD.
+      weight_decay: L2 (SGD) or decoupled (Adam) weight decay.
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+
+
+def scale_by_learning_rate_arg() -> optax.GradientTransformationExtraArgs:
+    """Scales updates by ``-learning_rate``, the rate being passed to ``update`` each step."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, learning_rate, **extra):
+        del params, extra
+        return jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformationExtraArgs:
+    """``gpjax.masked`` optimiser from a recipe; call ``update(..., masks=, learning_rate=)``.
+
+    Create it once per run: it is a static argument of the jitted epoch.
+    """
+    if cfg.name == "sgd":
+        inner = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                            optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov),
+                            scale_by_learning_rate_arg())
+    elif cfg.name == "adam":
+        inner = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay),
+                            scale_by_learning_rate_arg())
+    else:
+        raise ValueError(f"optimizer name must be 'sgd' or 'adam', got {cfg.name!r}")
+    return masked(inner)
+
+
+class TrainState(NamedTuple):
+    """Everything training carries from step to step.
+
+    Attributes:
+      params: trainable parameters (dormant entries exactly 0).
+      masks: masks pytree.
+      aux: non-trainable collections (batch statistics); ``{}`` when none.
+      opt_state: the masked optimiser's state.
+      key: PRNG key, split every epoch.
+    """
+
+    params: PyTree
+    masks: PyTree
+    aux: PyTree
+    opt_state: PyTree
+    key: jax.Array
+
+
+def num_examples(data: PyTree) -> int:
+    """Size of the leading (example) axis of a data pytree."""
+    return int(jax.tree.leaves(data)[0].shape[0])
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Mini-batches in one epoch over ``n`` examples (the remainder is dropped, min 1)."""
+    return max(n // min(batch_size, n), 1)
+
+
+def cosine_rates(lr: float, steps: int, *, start: int = 0, total: int | None = None) -> np.ndarray:
+    """Per-step rates of a cosine decay from ``lr`` to 0 over ``total`` steps, from ``start``.
+
+    Returns:
+      float32 ``[steps]``.
+    """
+    total = steps if total is None else total
+    t = (np.arange(start, start + steps) / max(total, 1)).clip(0, 1)
+    return (lr * 0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size"), donate_argnums=(0,))
+def _train_epoch(state: TrainState, data, rates, task: Task, tx, batch_size: int):
+    n = jax.tree.leaves(data)[0].shape[0]
+    bs = min(batch_size, n)
+    steps = rates.shape[0]
+    key, k_perm, k_steps = jax.random.split(state.key, 3)
+    order = jax.random.permutation(k_perm, n)
+    # Steps beyond one pass (rates longer than n // bs) wrap around the permutation.
+    idx = jnp.take(order, jnp.arange(steps * bs) % n).reshape(steps, bs)
+    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+
+    def step(carry, inp):
+        params, aux, opt_state = carry
+        i, lr, k = inp
+        batch = jax.tree.map(lambda d: jnp.take(d, i, axis=0), data)
+        (loss, aux), g = grad_fn(params, aux, batch, k)
+        updates, opt_state = tx.update(g, opt_state, params, masks=state.masks, learning_rate=lr)
+        return (optax.apply_updates(params, updates), aux, opt_state), loss
+
+    (params, aux, opt_state), losses = jax.lax.scan(
+        step, (state.params, state.aux, state.opt_state),
+        (idx, rates, jax.random.split(k_steps, steps)))
+    return TrainState(params, state.masks, aux, opt_state, key), jnp.mean(losses)
+
+
+def train_epoch(
+    state: TrainState,
+    data: PyTree,
+    rates: np.ndarray | jax.Array,
+    *,
+    task: Task,
+    tx: optax.GradientTransformationExtraArgs,
+    batch_size: int,
+) -> tuple[TrainState, jax.Array]:
+    """One epoch of masked training: a jitted scan over a seeded permutation of ``data``.
+
+    Args:
+      state: the training state (donated: do not reuse the argument).
+      data: pytree of arrays with leading example axis ``N``.
+      rates: learning rate per step, ``[steps]`` (usually ``steps_per_epoch(N, batch_size)``).
+      task: the model's :class:`Task`.
+      tx: the optimiser from :func:`make_optimizer`.
+      batch_size: mini-batch size ``B`` (clipped to ``N``).
+
+    Returns:
+      ``(state, mean training loss)``; the loss stays on device (check it for NaN when needed).
+    """
+    return _train_epoch(state, data, jnp.asarray(rates, jnp.float32), task, tx, batch_size)
+
+
+def _batched(data: PyTree, batch_size: int) -> tuple[PyTree, jax.Array]:
+    """Pads ``data`` to a multiple of ``batch_size`` and stacks it ``[S, B, ...]``, + weights."""
+    n = num_examples(data)
+    bs = min(batch_size, n)
+    steps = -(-n // bs)
+    pad = steps * bs - n
+    padded = jax.tree.map(lambda d: jnp.concatenate([d, jnp.repeat(d[:1], pad, 0)]) if pad else d,
+                          data)
+    stacked = jax.tree.map(lambda d: d.reshape((steps, bs) + d.shape[1:]), padded)
+    weights = (jnp.arange(steps * bs) < n).astype(jnp.float32).reshape(steps, bs)
+    return stacked, weights
+
+
+@functools.partial(jax.jit, static_argnames=("task", "batch_size"))
+def _evaluate(params, aux, data, task: Task, batch_size: int):
+    stacked, weights = _batched(data, batch_size)
+
+    def step(total, inp):
+        batch, w = inp
+        return total + jnp.sum(task.example_errors(params, aux, batch) * w), None
+
+    total, _ = jax.lax.scan(step, jnp.zeros((), jnp.float32), (stacked, weights))
+    return total / jnp.sum(weights)
+
+
+def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
+             batch_size: int = 1000) -> float:
+    """Mean per-example error of the model on ``data`` (a fraction in [0, 1])."""
+    return float(_evaluate(params, aux, data, task, batch_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _frozen_pair_loss(task: Task) -> Callable:
+    # One function object per task, so accumulate_gradients compiles once per task.
+    def loss(pair, batch):
+        params, aux = pair
+        return task.frozen_loss(params, aux, batch)
+    return loss
+
+
+def growth_gradients(state: TrainState, data: PyTree, *, task: Task,
+                     batch_size: int = 1000) -> PyTree:
+    """The epoch-mean gradient of the frozen loss w.r.t. the effective weights (for ``grow``).
+
+    Uses the largest convenient batch: the mean gradient does not depend on it. The remainder
+    ``N mod B`` is left out of the mean.
+
+    Returns:
+      A pytree like ``state.params``.
+    """
+    n = num_examples(data)
+    bs = min(batch_size, n)
+    steps = n // bs
+    stacked = jax.tree.map(lambda d: d[: steps * bs].reshape((steps, bs) + d.shape[1:]), data)
+    aux_masks = jax.tree.map(lambda _: None, state.aux)
+    grads, _ = accumulate_gradients(_frozen_pair_loss(task), (state.params, state.aux),
+                                    (state.masks, aux_masks), stacked)
+    return grads
