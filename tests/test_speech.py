@@ -161,6 +161,14 @@ def test_mfcc_normalize_short_signal_and_errors():
         mfcc(x, 8000, n_fft=64, frame_ms=4.0, n_mels=40)
 
 
+def test_mfcc_batch_equals_one_by_one():
+    rng = np.random.default_rng(7)
+    signals = [rng.standard_normal(n) for n in (300, 4000, 2500)]
+    batch = speech.mfcc_batch(signals, 16000, n_mfcc=20, normalize=True)
+    for x, got in zip(signals, batch, strict=True):
+        np.testing.assert_allclose(got, mfcc(x, 16000, n_mfcc=20, normalize=True), atol=1e-5)
+
+
 def test_resample_sine_and_antialiasing():
     n = np.arange(22050)
     y = resample(np.sin(2 * np.pi * 1000 * n / 22050), 22050, 16000)
