@@ -30,7 +30,7 @@ lower-cases and rejects anything else. :func:`decode_ids` maps ids back (blanks 
 Features: :func:`mfcc` (numpy): pre-emphasis, 25 ms Hamming frames every 10 ms, power spectrum
 of a 512-point FFT, HTK-mel triangular filterbank (40 filters), natural log, orthonormal
 DCT-II, and per-utterance mean/variance normalisation of each coefficient (on by default in the
-loaders).
+loaders, which use :func:`mfcc_batch`, the same computation over many utterances at once).
 
 AN4 (the real path)
 -------------------
@@ -49,18 +49,20 @@ validation; test is 130 utterances.
 Synthetic AN4 (offline, runs anywhere with PyPI)
 ------------------------------------------------
 :func:`load_synthetic_an4` makes AN4-like utterances (command words YES/NO/GO/STOP/HELP/REPEAT/
-START, ENTER/ERASE/RUBOUT with spelled letters and numbers, spelled names, digit strings,
-dates) and speaks them with eSpeak NG from the PyPI wheel ``espeakng-loader`` (its
+START, ENTER/ERASE/RUBOUT with spelled letters and numbers, spelled random letter strings,
+digit strings, numbers, dates) and speaks them with eSpeak NG from the PyPI wheel ``espeakng-loader`` (its
 ``libespeak-ng.so`` and voice data), driven through ctypes: ``espeak_Initialize`` with
 ``AUDIO_OUTPUT_SYNCHRONOUS`` and a synth callback collecting 22,050 Hz int16 samples. Each
 utterance draws its accent (8 English voices), voice variant (20 male/female/Klatt variants),
 speaking rate, pitch, pitch range and word gap; the audio is then speed-perturbed (+-7%) while
-resampled to 16 kHz (polyphase), filtered by a random first-order channel, padded with
-0.05-0.35 s of silence, set to a random level, and mixed with white/pink/brown noise at a
+resampled to 16 kHz (FFT, :func:`resample`), filtered by a random first-order channel, padded
+with 0.05-0.35 s of silence, set to a random level, and mixed with white/pink/brown noise at a
 random SNR (10-30 dB by default).
 
-Determinism: eSpeak NG keeps state between utterances (its pitch-flutter phase, for one), so
-in one process the same call does not give the same samples twice. Each utterance is therefore
+Determinism: eSpeak NG keeps internal state between utterances, so in one process the same
+call does not give the same samples twice (they differ from about the 64th sample on, even with
+its random seed and libc's ``srand`` reset; a fresh process replaying the same calls does
+repeat them). Each utterance is therefore
 synthesised in a freshly forked copy of a worker process that has only initialised the library
 (no other synthesis), with eSpeak's random seed set per utterance; every utterance is a pure
 function of its parameters, which are a pure function of ``(seed, split, index)``. The same
