@@ -52,12 +52,12 @@ Synthetic AN4 (offline, runs anywhere with PyPI)
 START, ENTER/ERASE/RUBOUT with spelled letters and numbers, spelled random letter strings,
 digit strings, numbers, dates) and speaks them with eSpeak NG from the PyPI wheel
 ``espeakng-loader`` (its ``libespeak-ng.so`` and voice data), driven through ctypes:
-``espeak_Initialize`` with ``AUDIO_OUTPUT_SYNCHRONOUS`` and a synth callback collecting
-22,050 Hz int16 samples. Each utterance draws its accent (8 English voices), voice variant (20 male/female/Klatt variants),
-speaking rate, pitch, pitch range and word gap; the audio is then speed-perturbed (+-7%) while
-resampled to 16 kHz (FFT, :func:`resample`), filtered by a random first-order channel, padded
-with 0.05-0.35 s of silence, set to a random level, and mixed with white/pink/brown noise at a
-random SNR (10-30 dB by default).
+``espeak_Initialize`` with ``AUDIO_OUTPUT_SYNCHRONOUS`` and a synth callback collecting 22,050
+Hz int16 samples. Each utterance draws its accent (8 English voices), voice variant (20
+male/female/Klatt variants), speaking rate, pitch, pitch range and word gap; the audio is then
+speed-perturbed (+-7%) while resampled to 16 kHz (FFT, :func:`resample`), filtered by a random
+first-order channel, padded with 0.05-0.35 s of silence, set to a random level, and mixed with
+white/pink/brown noise at a random SNR (10-30 dB by default).
 
 Determinism: eSpeak NG keeps internal state between utterances, so in one process the same
 call does not give the same samples twice (they differ from about the 64th sample on, even with
