@@ -1,0 +1,154 @@
+"""Mask pytrees: init_masks, apply_masks, count_params, density, dormant_is_zero, dead_units,
+and the validation that names the offending leaf."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gpjax
+from gpjax import masks as M
+
+
+def _params():
+    k = jax.random.split(jax.random.key(0), 4)
+    return {
+        "Dense_0": {"kernel": jax.random.normal(k[0], (6, 5)), "bias": jnp.zeros(5)},
+        "Conv_0": {"kernel": jax.random.normal(k[1], (3, 3, 2, 4)), "bias": jnp.zeros(4)},
+        "BatchNorm_0": {"scale": jnp.ones(4)},
+        "embed": {"table": jax.random.normal(k[2], (7, 3))},
+        "step": jnp.zeros((2, 2), jnp.int32),  # integer, rank 2: not a kernel
+    }
+
+
+def test_init_masks_defaults_mask_float_kernels_only():
+    p = _params()
+    m = gpjax.init_masks(p)
+    assert m["Dense_0"]["bias"] is None and m["Conv_0"]["bias"] is None
+    assert m["BatchNorm_0"]["scale"] is None and m["step"] is None
+    for path in (("Dense_0", "kernel"), ("Conv_0", "kernel"), ("embed", "table")):
+        mask = m[path[0]][path[1]]
+        assert mask.dtype == jnp.bool_ and mask.shape == p[path[0]][path[1]].shape
+        assert bool(mask.all())
+
+
+def test_init_masks_density_needs_key_and_is_random():
+    p = _params()
+    with pytest.raises(ValueError, match="key"):
+        gpjax.init_masks(p, density=0.5)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="density"):
+            gpjax.init_masks(p, density=bad, key=jax.random.key(0))
+    big = {"w": jnp.ones((200, 100)), "v": jnp.ones((100, 200))}
+    m = gpjax.init_masks(big, density=0.1, key=jax.random.key(1))
+    assert abs(gpjax.density(m) - 0.1) < 0.01
+    # Leaves get independent draws; the same key reproduces the same masks.
+    assert not np.array_equal(np.asarray(m["w"]), np.asarray(m["v"]).T)
+    m2 = gpjax.init_masks(big, density=0.1, key=jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, m, m2)
+    m3 = gpjax.init_masks(big, density=0.1, key=jax.random.key(2))
+    assert not np.array_equal(np.asarray(m["w"]), np.asarray(m3["w"]))
+
+
+def test_init_masks_prunable_patterns_and_predicate():
+    p = _params()
+    m = gpjax.init_masks(p, prunable=["Dense_*/kernel", "Conv_0/*"])
+    assert m["Dense_0"]["kernel"] is not None and m["Dense_0"]["bias"] is None
+    assert m["Conv_0"]["kernel"] is not None and m["Conv_0"]["bias"] is not None
+    assert m["embed"]["table"] is None
+    m = gpjax.init_masks(p, prunable="embed/table")
+    assert [k for k, v in gpjax.count_params(m).per_tensor.items()] == ["embed/table"]
+    m = gpjax.init_masks(p, prunable=lambda name: name.endswith("kernel"))
+    assert set(gpjax.count_params(m).per_tensor) == {"Dense_0/kernel", "Conv_0/kernel"}
+    with pytest.raises(ValueError, match="prunable"):
+        gpjax.init_masks(p, prunable=[1, 2])
+
+
+def test_apply_masks_zeroes_dormant_and_leaves_the_rest():
+    p = _params()
+    m = gpjax.init_masks(p, density=0.5, key=jax.random.key(3))
+    q = gpjax.apply_masks(p, m)
+    k, mk = np.asarray(p["Dense_0"]["kernel"]), np.asarray(m["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(np.asarray(q["Dense_0"]["kernel"]), np.where(mk, k, 0.0))
+    assert q["Dense_0"]["bias"] is p["Dense_0"]["bias"]
+    assert q["step"] is p["step"]
+    assert gpjax.dormant_is_zero(q, m)
+    assert not gpjax.dormant_is_zero(p, m)
+    # dtype is preserved
+    pb = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, p)
+    qb = gpjax.apply_masks(pb, m)
+    assert qb["Conv_0"]["kernel"].dtype == jnp.bfloat16
+
+
+def test_count_params_and_density():
+    p = _params()
+    m = gpjax.init_masks(p, density=0.3, key=jax.random.key(4))
+    c = gpjax.count_params(m)
+    want = {
+        "Dense_0/kernel": (int(m["Dense_0"]["kernel"].sum()), 30),
+        "Conv_0/kernel": (int(m["Conv_0"]["kernel"].sum()), 72),
+        "embed/table": (int(m["embed"]["table"].sum()), 21),
+    }
+    assert c.per_tensor == want
+    assert c.active == sum(a for a, _ in want.values())
+    assert c.dense == 123
+    assert c.unmasked == 0
+    c2 = gpjax.count_params(m, p)
+    assert c2.unmasked == 5 + 4 + 4 + 4  # biases, scale, int step
+    assert (c2.active, c2.dense) == (c.active, c.dense)
+    assert gpjax.density(m) == pytest.approx(c.active / 123)
+    assert gpjax.density(gpjax.init_masks(p)) == 1.0
+    none = jax.tree.map(lambda x: jnp.zeros(x.shape, bool) if x is not None else None, m,
+                        is_leaf=M.is_none)
+    assert gpjax.count_params(none).active == 0 and gpjax.density(none) == 0.0
+    assert gpjax.density({"b": None}) == 0.0  # no masked leaves: no division by zero
+
+
+def test_dead_units_dense_and_conv():
+    m = {
+        "d": jnp.asarray(np.array([[1, 0, 0], [0, 0, 0], [1, 0, 1]], bool)),  # row 1, col 1 dead
+        "c": jnp.zeros((2, 2, 3, 4), bool).at[1, 0, 2, 3].set(True),  # in 0,1 and out 0,1,2 dead
+    }
+    d = gpjax.dead_units(m)
+    assert d["d"] == gpjax.DeadUnits(inputs=1, outputs=1)
+    assert d["c"] == gpjax.DeadUnits(inputs=2, outputs=3)
+    d = gpjax.dead_units(m, input_fed=["d"])
+    assert d["d"] == gpjax.DeadUnits(inputs=0, outputs=1)
+    assert d["c"] == gpjax.DeadUnits(inputs=2, outputs=3)
+    d = gpjax.dead_units(m, input_fed={"d": False, "c": True})
+    assert d["c"].inputs == 0 and d["d"].inputs == 1
+    d = gpjax.dead_units(m, input_fed=lambda name: name == "c")
+    assert d["c"].inputs == 0
+
+
+@pytest.mark.parametrize("fn", ["apply_masks", "count_params", "prune", "grow", "accumulate"])
+def test_masks_structure_mismatch_names_the_leaf(fn):
+    p = _params()
+    m = gpjax.init_masks(p)
+    del m["embed"]
+    bad_shape = gpjax.init_masks(p)
+    bad_shape["Conv_0"]["kernel"] = jnp.ones((3, 3, 2, 5), bool)
+    bad_dtype = gpjax.init_masks(p)
+    bad_dtype["Dense_0"]["kernel"] = jnp.ones((6, 5), jnp.float32)
+    g = jax.tree.map(jnp.zeros_like, p)
+
+    def call(masks):
+        if fn == "apply_masks":
+            return M.check_masks(p, masks)
+        if fn == "count_params":
+            return gpjax.count_params(masks, p)
+        if fn == "prune":
+            return gpjax.prune(p, masks, percentile=10)
+        if fn == "grow":
+            return gpjax.grow(p, masks, g, percentile=10, learning_rate=0.1)
+        return gpjax.accumulate_gradients(lambda w, b: 0.0 * b.sum(), p, masks,
+                                          jnp.zeros((2, 3)))
+
+    with pytest.raises(ValueError, match="embed/table"):
+        call(m)
+    with pytest.raises(ValueError, match=r"Conv_0/kernel.*shape"):
+        call(bad_shape)
+    with pytest.raises(ValueError, match=r"Dense_0/kernel.*(dtype|bool)"):
+        call(bad_dtype)
