@@ -49,7 +49,8 @@ def _accumulate_stacked(loss_fn, params, masks, batches, vmap_size):
                                batches)
         def grad_fn(w, group, _g=jax.grad(loss_fn)):  # noqa: E306
             gs = jax.vmap(_g, in_axes=(None, 0))(w, group)
-            return jax.tree.map(lambda x: jnp.sum(x.astype(jnp.float32), 0), gs)
+            # Sum in the accumulator's dtype (float32, or float64 under x64), not float32.
+            return jax.tree.map(lambda x: jnp.sum(x.astype(_acc_dtype(x)), 0), gs)
 
     def step(acc, batch):
         return _add(acc, grad_fn(effective, batch)), None
@@ -141,7 +142,9 @@ def _grow(params, masks, grads, percentile, learning_rate, scope, init, skip_non
         m, p = mflat[i], pflat[i]
         a = jnp.abs(g)
         new = (~m) & (a >= t) & (a > 0)
-        pflat[i] = jnp.where(new, (sign * learning_rate * g).astype(p.dtype), p)
+        # The new weight from the gradient as given (not its float32 copy: float64 stays exact).
+        step = sign * learning_rate.astype(_acc_dtype(gflat[i])) * gflat[i]
+        pflat[i] = jnp.where(new, step.astype(p.dtype), p)
         mflat[i] = m | new
     return treedef.unflatten(pflat), treedef.unflatten(mflat)
 

@@ -100,7 +100,12 @@ def init_masks(
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
-    """``W * M`` on masked leaves (dormant entries become exactly 0); other leaves untouched."""
+    """``W * M`` on masked leaves (dormant entries become exactly 0); other leaves untouched.
+
+    Raises ValueError, naming the leaf, unless ``masks`` fits ``params`` (see
+    :func:`check_masks`; shape and dtype checks only, so it also runs under ``jit``).
+    """
+    check_masks(params, masks)
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)),
         masks, params, is_leaf=is_none)
