@@ -1,0 +1,1 @@
+"""Benchmarks of gpjax against a plain PyTorch eager reference (see benchmarks/README.md)."""

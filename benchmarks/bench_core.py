@@ -1,0 +1,628 @@
+"""gpjax vs a plain PyTorch eager reference, side by side in one run (issue 2, section 6).
+
+Times, on the same shapes and the same data:
+
+1. the masked LeNet-300-100 train step (batch 128 and 1024; SGD and Adam): gpjax's jitted step
+   (``gpjax.masked(optax.sgd/adam)``, forward on ``W`` directly because dormant weights are
+   exactly 0; the invariant is checked with ``gpjax.dormant_is_zero`` after the timed steps)
+   called once per step, and the same step scanned over a whole epoch in one jit call; versus
+   PyTorch eager (forward with ``W * M``, optimiser step, re-mask);
+2. the dense JAX step (no masks, plain optax) in both forms: the mask overhead;
+3. one growth gradient-accumulation epoch over the 55k training images
+   (``gpjax.accumulate_gradients`` on stacked batches, several batch sizes) versus a training
+   epoch at batch 128, and PyTorch's equivalents;
+4. a prune and a grow mask update on an 11.7M-parameter pytree (the 21 ResNet-18 kernels) per
+   layer and global, versus the PyTorch reference built on ``torch.kthvalue``.
+
+Each measurement is the median over ``--repeats`` runs; the JAX and PyTorch cases of a group
+are run round-robin so that load changes on a shared machine hit both alike. Results go to
+``benchmarks/results/bench_core_<date>.{md,json}`` with the command, machine, versions and load.
+
+Usage::
+
+    python -m benchmarks.bench_core                 # full run (~10 min on 2 cores)
+    python -m benchmarks.bench_core --quick         # smoke test: few repeats, short epochs
+    python -m benchmarks.bench_core --repeats 9 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gpjax
+from gpjax.models import LeNet300
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The 21 kernels of ResNet-18 (ImageNet stem, 1000 classes), Flax layout: 11,678,912 weights.
+# Used only if gpjax.models.ResNet18 cannot be shape-evaluated.
+RESNET18_KERNELS = (
+    [(7, 7, 3, 64)] + [(3, 3, 64, 64)] * 4
+    + [(3, 3, 64, 128), (3, 3, 128, 128), (1, 1, 64, 128), (3, 3, 128, 128), (3, 3, 128, 128)]
+    + [(3, 3, 128, 256), (3, 3, 256, 256), (1, 1, 128, 256), (3, 3, 256, 256), (3, 3, 256, 256)]
+    + [(3, 3, 256, 512), (3, 3, 512, 512), (1, 1, 256, 512), (3, 3, 512, 512), (3, 3, 512, 512)]
+    + [(512, 1000)]
+)
+
+
+@dataclass
+class Config:
+    """Sizes of one run (the full run, or tiny shapes for the smoke test)."""
+
+    hidden: tuple[int, ...] = (300, 100)
+    batch_sizes: tuple[int, ...] = (128, 1024)
+    num_train: int = 55_000
+    accumulate_batches: tuple[int, ...] = (1000, 5500, 55_000)
+    max_steps: int | None = 100           # cap on steps per timed train-step call
+    resnet_width: int = 64
+    resnet_classes: int = 1000
+    repeats: int = 7
+    warmup: int = 1
+    mask_density: float = 0.1             # the train-step masks (grow-and-prune starts at 10%)
+    update_density: float = 0.5           # the 11.7M-parameter masks for prune/grow
+    prune_percentile: float = 5.0
+    grow_percentile: float = 50.0
+    tiny: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_group(fns: dict[str, Callable[[], object]], repeats: int,
+               warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, run round-robin ``repeats`` times after warm-up.
+
+    Every function must block until its result is ready (``jax.block_until_ready``).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def med(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training images ``[N, 784]`` float32 and labels int32: MNIST, or random when tiny or
+    when MNIST cannot be loaded (timings do not depend on the pixel values)."""
+    if not cfg.tiny:
+        try:
+            from gpjax.data.mnist import load_mnist
+
+            d = load_mnist()
+            x = np.asarray(d.train.images, np.float32).reshape(len(d.train), -1)
+            y = np.asarray(d.train.labels, np.int32)
+            return x[: cfg.num_train], y[: cfg.num_train], f"MNIST train ({d.source})"
+        except Exception as e:  # noqa: BLE001 - any failure: fall back, and say so
+            cfg.notes.append(f"MNIST not loaded ({type(e).__name__}: {e}); random data used")
+    rng = np.random.default_rng(0)
+    x = rng.random((cfg.num_train, 784), dtype=np.float32)
+    y = rng.integers(0, 10, cfg.num_train).astype(np.int32)
+    return x, y, "random"
+
+
+def lenet_kernels(params) -> tuple[list, list, list[str]]:
+    layers = sorted(params["params"], key=lambda s: int(s[2:]))
+    return ([params["params"][k]["kernel"] for k in layers],
+            [params["params"][k]["bias"] for k in layers], layers)
+
+
+# ----------------------------------------------------------------------------- 1+2: train step
+
+def make_lenet(cfg: Config, seed: int = 0):
+    """(model, params with dormant weights 0, masks, loss_fn(params, (x, y)))."""
+    model = LeNet300(hidden=cfg.hidden)
+    params = model.init(jax.random.key(seed), jnp.zeros((1, 784), jnp.float32))
+    masks = gpjax.init_masks(params, density=cfg.mask_density, key=jax.random.key(seed + 1))
+    params = gpjax.apply_masks(params, masks)
+
+    def loss_fn(p, batch):
+        x, y = batch
+        logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return model, params, masks, loss_fn
+
+
+def make_jax_steps(loss_fn, tx, masked: bool):
+    """(one jitted step, one jitted scan over stacked batches); params and state donated.
+
+    The masked step computes the forward pass on ``W`` directly: ``gpjax.masked`` keeps every
+    dormant weight exactly 0, so ``W == W * M`` and ``dL/dW == dL/d(W*M)``.
+    """
+
+    def one(p, s, m, batch):
+        loss, g = jax.value_and_grad(loss_fn)(p, batch)
+        if masked:
+            u, s = tx.update(g, s, p, masks=m)
+        else:
+            u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    def many(p, s, m, batches):
+        def body(carry, batch):
+            p, s, loss = one(*carry, m, batch)
+            return (p, s), loss
+
+        (p, s), losses = jax.lax.scan(body, (p, s), batches)
+        return p, s, losses
+
+    return (jax.jit(one, donate_argnums=(0, 1)), jax.jit(many, donate_argnums=(0, 1)))
+
+
+def bench_train(cfg: Config, x: np.ndarray, y: np.ndarray, out: dict) -> None:
+    import torch
+
+    from benchmarks.torch_reference import MaskedMLP
+
+    _, params0, masks, loss_fn = make_lenet(cfg)
+    kernels, biases, layers = lenet_kernels(params0)
+    kmasks = [masks["params"][k]["kernel"] for k in layers]
+    rows, invariant = [], {}
+    for opt_name in ("sgd", "adam"):
+        lr = 0.1 if opt_name == "sgd" else 1e-3
+        inner = optax.sgd(lr) if opt_name == "sgd" else optax.adam(lr)
+        m_step, m_epoch = make_jax_steps(loss_fn, gpjax.masked(inner), masked=True)
+        d_step, d_epoch = make_jax_steps(loss_fn, inner, masked=False)
+        for bs in cfg.batch_sizes:
+            steps = len(x) // bs
+            if cfg.max_steps:
+                steps = min(steps, cfg.max_steps)
+            xs_np = x[: steps * bs].reshape(steps, bs, -1)
+            ys_np = y[: steps * bs].reshape(steps, bs)
+            xs, ys = jnp.asarray(xs_np), jnp.asarray(ys_np)
+            batch_list = [(xs[i], ys[i]) for i in range(steps)]
+            jax.block_until_ready(batch_list)
+            state = {}
+
+            def init(name, tx, p0=params0):
+                state[name] = [jax.tree.map(jnp.copy, p0), tx.init(p0)]
+
+            tx_m = gpjax.masked(inner)
+            for name, tx in (("m_step", tx_m), ("m_scan", tx_m), ("d_step", inner),
+                             ("d_scan", inner)):
+                init(name, tx)
+
+            def run_steps(name, step, m):
+                st = state[name]
+                loss = None
+                for b in batch_list:
+                    st[0], st[1], loss = step(st[0], st[1], m, b)
+                loss.block_until_ready()
+
+            def run_scan(name, epoch, m):
+                st = state[name]
+                st[0], st[1], losses = epoch(st[0], st[1], m, (xs, ys))
+                losses.block_until_ready()
+
+            model_t = MaskedMLP(kernels, biases, kmasks, optimizer=opt_name, lr=lr)
+            xs_t, ys_t = torch.from_numpy(xs_np), torch.from_numpy(ys_np.astype(np.int64))
+            fns = {
+                "gpjax_step": lambda: run_steps("m_step", m_step, masks),
+                "gpjax_scan": lambda: run_scan("m_scan", m_epoch, masks),
+                "dense_step": lambda: run_steps("d_step", d_step, None),
+                "dense_scan": lambda: run_scan("d_scan", d_epoch, None),
+                "torch": lambda: model_t.train_epoch(xs_t, ys_t),
+            }
+            s = time_group(fns, cfg.repeats, cfg.warmup)
+            per_step = {k: med(v) / steps for k, v in s.items()}
+            for name in ("m_step", "m_scan"):
+                ok = gpjax.dormant_is_zero(state[name][0], masks)
+                invariant[f"{opt_name}/b{bs}/{name}"] = ok
+                if not ok:
+                    raise AssertionError(f"dormant weights not 0 after {name} ({opt_name}, {bs})")
+            rows.append({
+                "optimizer": opt_name, "batch": bs, "steps_per_call": steps,
+                "ms_per_step": {k: 1e3 * v for k, v in per_step.items()},
+                "samples_s": s,
+                "speedup_vs_torch_step": per_step["torch"] / per_step["gpjax_step"],
+                "speedup_vs_torch_scan": per_step["torch"] / per_step["gpjax_scan"],
+                "mask_overhead_step": per_step["gpjax_step"] / per_step["dense_step"],
+                "mask_overhead_scan": per_step["gpjax_scan"] / per_step["dense_scan"],
+            })
+            print(f"  train {opt_name:4s} b{bs:<5d} " + "  ".join(
+                f"{k} {1e3 * v:.3f}ms" for k, v in per_step.items()), flush=True)
+    out["train_step"] = rows
+    out["dormant_is_zero"] = invariant
+
+
+# ----------------------------------------------------------------------------- 3: growth
+
+def bench_growth(cfg: Config, x: np.ndarray, y: np.ndarray, out: dict) -> None:
+    import torch
+
+    from benchmarks.torch_reference import MaskedMLP
+
+    _, params, masks, loss_fn = make_lenet(cfg)
+    kernels, biases, layers = lenet_kernels(params)
+    kmasks = [masks["params"][k]["kernel"] for k in layers]
+    n = len(x)
+    model_t = MaskedMLP(kernels, biases, kmasks, optimizer="sgd", lr=0.1)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    fns = {}
+    for bs in cfg.accumulate_batches:
+        if n % bs:
+            continue
+        stacked = (jnp.asarray(x.reshape(n // bs, bs, -1)), jnp.asarray(y.reshape(n // bs, bs)))
+        fns[f"gpjax_acc_b{bs}"] = functools.partial(
+            lambda st: jax.block_until_ready(
+                gpjax.accumulate_gradients(loss_fn, params, masks, st)), stacked)
+        fns[f"torch_acc_b{bs}"] = functools.partial(
+            lambda b: model_t.accumulate_gradients(zip(x_t.split(b), y_t.split(b))), bs)
+
+    # A training epoch at batch 128 (the whole epoch scanned in one jit call, and one jit call
+    # per step), masked SGD, and PyTorch's.
+    bs = 128
+    steps = n // bs
+    xs_np, ys_np = x[: steps * bs].reshape(steps, bs, -1), y[: steps * bs].reshape(steps, bs)
+    xs, ys = jnp.asarray(xs_np), jnp.asarray(ys_np)
+    batch_list = [(xs[i], ys[i]) for i in range(steps)]
+    tx = gpjax.masked(optax.sgd(0.1))
+    m_step, m_epoch = make_jax_steps(loss_fn, tx, masked=True)
+    st_scan = [jax.tree.map(jnp.copy, params), tx.init(params)]
+    st_step = [jax.tree.map(jnp.copy, params), tx.init(params)]
+
+    def scan_epoch():
+        st_scan[0], st_scan[1], losses = m_epoch(st_scan[0], st_scan[1], masks, (xs, ys))
+        losses.block_until_ready()
+
+    def step_epoch():
+        loss = None
+        for b in batch_list:
+            st_step[0], st_step[1], loss = m_step(st_step[0], st_step[1], masks, b)
+        loss.block_until_ready()
+
+    train_t = MaskedMLP(kernels, biases, kmasks, optimizer="sgd", lr=0.1)
+    xs_t, ys_t = torch.from_numpy(xs_np), torch.from_numpy(ys_np.astype(np.int64))
+    fns["gpjax_train_epoch_scan_b128"] = scan_epoch
+    fns["gpjax_train_epoch_step_b128"] = step_epoch
+    fns["torch_train_epoch_b128"] = lambda: train_t.train_epoch(xs_t, ys_t)
+    s = time_group(fns, cfg.repeats, cfg.warmup)
+    ms = {k: 1e3 * med(v) for k, v in s.items()}
+    jax_acc = {k: v for k, v in ms.items() if k.startswith("gpjax_acc")}
+    torch_acc = {k: v for k, v in ms.items() if k.startswith("torch_acc")}
+    best_jax = min(jax_acc, key=jax_acc.get)
+    best_torch = min(torch_acc, key=torch_acc.get)
+    train_best = min(ms["gpjax_train_epoch_scan_b128"], ms["gpjax_train_epoch_step_b128"])
+    out["growth"] = {
+        "samples": n, "train_epoch_samples": steps * bs, "ms": ms, "samples_s": s,
+        "best_gpjax_accumulate": best_jax, "best_torch_accumulate": best_torch,
+        "gpjax_growth_over_train_epoch": jax_acc[best_jax] / train_best,
+        "gpjax_growth_over_train_epoch_step": jax_acc[best_jax] / ms["gpjax_train_epoch_step_b128"],
+        "torch_growth_over_train_epoch": torch_acc[best_torch] / ms["torch_train_epoch_b128"],
+        "speedup_vs_torch": torch_acc[best_torch] / jax_acc[best_jax],
+    }
+    for k, v in ms.items():
+        print(f"  growth {k:32s} {v:9.1f} ms", flush=True)
+
+
+# ----------------------------------------------------------------------------- 4: mask updates
+
+def resnet18_kernel_shapes(cfg: Config) -> tuple[list[tuple[int, ...]], list[str], list[bool]]:
+    """Shapes, names and input-fed flags of the ResNet-18 kernels (Flax layout)."""
+    try:
+        from gpjax.masks import is_kernel, path_str
+        from gpjax.models import ResNet18
+
+        model = ResNet18(num_classes=cfg.resnet_classes, width=cfg.resnet_width)
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                   jnp.zeros((1, 64, 64, 3), jnp.float32)))
+        flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+        kernels = [(path_str(p), leaf.shape) for p, leaf in flat if is_kernel(leaf)]
+        names = [n for n, _ in kernels]
+        return [s for _, s in kernels], names, [n.startswith("stem_conv") for n in names]
+    except Exception as e:  # noqa: BLE001
+        cfg.notes.append(f"ResNet18 shapes hard-coded ({type(e).__name__}: {e})")
+        names = [f"kernel{i}" for i in range(len(RESNET18_KERNELS))]
+        return list(RESNET18_KERNELS), names, [i == 0 for i in range(len(names))]
+
+
+def bench_mask_update(cfg: Config, out: dict) -> None:
+    import torch
+
+    from benchmarks import torch_reference as tr
+
+    shapes, names, fed = resnet18_kernel_shapes(cfg)
+    rng = np.random.default_rng(0)
+    w_np = [(rng.standard_normal(s, dtype=np.float32) * 0.05) for s in shapes]
+    m_np = [rng.random(s) < cfg.update_density for s in shapes]
+    w_np = [w * m for w, m in zip(w_np, m_np)]
+    g_np = [rng.standard_normal(s, dtype=np.float32) * 1e-3 for s in shapes]
+    params = {n: jnp.asarray(w) for n, w in zip(names, w_np)}
+    masks = {n: jnp.asarray(m) for n, m in zip(names, m_np)}
+    grads = {n: jnp.asarray(g) for n, g in zip(names, g_np)}
+    fed_tree = dict(zip(names, fed))
+    w_t = [torch.from_numpy(w) for w in w_np]
+    m_t = [torch.from_numpy(m) for m in m_np]
+    g_t = [torch.from_numpy(g) for g in g_np]
+    pp, gp = cfg.prune_percentile, cfg.grow_percentile
+    nparams = int(sum(np.prod(s) for s in shapes))
+
+    def jx(f):
+        return lambda: jax.block_until_ready(f())
+
+    fns = {}
+    for scope in ("layer", "global"):
+        for rec in (False, True):
+            tag = f"prune_{scope}_{'recoverable' if rec else 'plain'}"
+            fns[f"gpjax_{tag}"] = jx(functools.partial(
+                gpjax.prune, params, masks, percentile=pp, scope=scope, recoverable=rec,
+                input_fed=fed_tree))
+            fns[f"torch_{tag}"] = functools.partial(
+                tr.prune, w_t, m_t, pp, scope=scope, recoverable=rec, input_fed=fed)
+        fns[f"gpjax_grow_{scope}"] = jx(functools.partial(
+            gpjax.grow, params, masks, grads, percentile=gp, learning_rate=0.1, scope=scope))
+        fns[f"torch_grow_{scope}"] = functools.partial(tr.grow, w_t, m_t, g_t, gp, 0.1,
+                                                       scope=scope)
+        fns[f"torch_kthvalue_active_{scope}"] = functools.partial(
+            tr.kthvalue_only, w_t, m_t, pp, scope=scope)
+        fns[f"torch_kthvalue_all_{scope}"] = functools.partial(
+            tr.kthvalue_only, g_t, None, gp, scope=scope)
+    s = time_group(fns, cfg.repeats, cfg.warmup)
+    ms = {k: 1e3 * med(v) for k, v in s.items()}
+
+    # Same masks on both sides (a real check, cheap): prune and grow, per layer and global.
+    agree = {}
+    for scope in ("layer", "global"):
+        _, jm = gpjax.prune(params, masks, percentile=pp, scope=scope, recoverable=True,
+                            input_fed=fed_tree)
+        _, tm = tr.prune(w_t, m_t, pp, scope=scope, recoverable=True, input_fed=fed)
+        agree[f"prune_{scope}"] = all(np.array_equal(np.asarray(jm[n]), t.numpy())
+                                      for n, t in zip(names, tm))
+        _, jm = gpjax.grow(params, masks, grads, percentile=gp, learning_rate=0.1, scope=scope)
+        _, tm = tr.grow(w_t, m_t, g_t, gp, 0.1, scope=scope)
+        agree[f"grow_{scope}"] = all(np.array_equal(np.asarray(jm[n]), t.numpy())
+                                     for n, t in zip(names, tm))
+    out["mask_update"] = {"parameters": nparams, "tensors": len(shapes), "ms": ms,
+                          "samples_s": s, "same_masks_as_torch": agree,
+                          "prune_percentile": pp, "grow_percentile": gp,
+                          "mask_density": cfg.update_density}
+    for k, v in ms.items():
+        print(f"  mask update {k:36s} {v:9.1f} ms", flush=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return f"{v:.{digits}f}"
+
+
+def render_markdown(res: dict) -> str:
+    meta = res["meta"]
+    lines = [f"# gpjax vs PyTorch eager: core operations ({meta['date']})", "",
+             f"Command: `{meta['command']}`", "",
+             f"Machine: {meta['machine']}; JAX devices: {meta['jax_devices']}; "
+             f"torch threads: {meta['torch_threads']}; XLA_FLAGS: `{meta['xla_flags'] or ''}`",
+             "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "",
+             f"Load average (1/5/15 min) at start: {meta['load_start']}, at end: "
+             f"{meta['load_end']} (shared machine: other jobs compete for the {meta['cpus']} "
+             "cores, so absolute times are noisy; JAX and PyTorch cases of each group ran "
+             "round-robin, so the ratios are the robust figures).", "",
+             f"Medians of {meta['repeats']} repeats after {meta['warmup']} warm-up; data: "
+             f"{meta['data']}.", ""]
+    if meta["notes"]:
+        lines += ["Notes: " + "; ".join(meta["notes"]), ""]
+    if "train_step" in res:
+        lines += [
+            "## 1-2. Masked LeNet-300-100 train step (ms per step)", "",
+            "`gpjax step`: one jitted call per step (params/state donated); `gpjax scan`: "
+            "the epoch's steps in one jitted `lax.scan`, time per step; `dense`: the same "
+            "without masks (plain optax). Speedup = PyTorch time / gpjax time; overhead = "
+            "masked / dense JAX time.", "",
+            "| optimizer | batch | gpjax step | gpjax scan | dense step | dense scan | PyTorch "
+            "| speedup (step) | speedup (scan) | overhead (step) | overhead (scan) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["train_step"]:
+            m = r["ms_per_step"]
+            lines.append(
+                f"| {r['optimizer']} | {r['batch']} | {_fmt(m['gpjax_step'])} | "
+                f"{_fmt(m['gpjax_scan'])} | {_fmt(m['dense_step'])} | {_fmt(m['dense_scan'])} "
+                f"| {_fmt(m['torch'])} | {_fmt(r['speedup_vs_torch_step'], 2)}x | "
+                f"{_fmt(r['speedup_vs_torch_scan'], 2)}x | {_fmt(r['mask_overhead_step'], 2)} | "
+                f"{_fmt(r['mask_overhead_scan'], 2)} |")
+        ok = all(res["dormant_is_zero"].values())
+        lines += ["", f"Invariant `W * M == W` (gpjax.dormant_is_zero) after the timed masked "
+                      f"steps: {'holds in every case' if ok else 'VIOLATED'}.", ""]
+    if "growth" in res:
+        g = res["growth"]
+        lines += ["## 3. Growth gradient accumulation: one epoch", "",
+                  f"Accumulation over {g['samples']} samples; training epoch at batch 128 = "
+                  f"{g['train_epoch_samples']} samples (masked SGD).", "",
+                  "| case | gpjax (ms) | PyTorch (ms) | speedup |", "|---|---|---|---|"]
+        ms = g["ms"]
+        for k in ms:
+            if k.startswith("gpjax_acc"):
+                tk = k.replace("gpjax_", "torch_")
+                lines.append(f"| accumulate, batch {k.split('_b')[-1]} | {ms[k]:.1f} | "
+                             f"{ms[tk]:.1f} | {ms[tk] / ms[k]:.2f}x |")
+        lines.append(f"| train epoch, batch 128 (scan / per-step jit) | "
+                     f"{ms['gpjax_train_epoch_scan_b128']:.1f} / "
+                     f"{ms['gpjax_train_epoch_step_b128']:.1f} | "
+                     f"{ms['torch_train_epoch_b128']:.1f} | "
+                     f"{ms['torch_train_epoch_b128'] / ms['gpjax_train_epoch_scan_b128']:.2f}x |")
+        lines += ["", f"Growth epoch / training epoch: gpjax {g['gpjax_growth_over_train_epoch']:.2f}"
+                      f" (best accumulate `{g['best_gpjax_accumulate']}` vs the fastest training "
+                      f"epoch; {g['gpjax_growth_over_train_epoch_step']:.2f} vs the per-step-jit "
+                      f"epoch), PyTorch {g['torch_growth_over_train_epoch']:.2f}.", ""]
+    if "mask_update" in res:
+        u = res["mask_update"]
+        ms = u["ms"]
+        lines += [f"## 4. Mask update on {u['parameters']:,} parameters ({u['tensors']} "
+                  "ResNet-18 kernels)", "",
+                  f"Masks {u['mask_density']:.0%} dense; prune at the {u['prune_percentile']}th "
+                  f"percentile of active |w|, grow at the {u['grow_percentile']}th of |g|. "
+                  "PyTorch: `torch.kthvalue` on the selected magnitudes + the same mask "
+                  "update (recoverable: the same unit protection). `kthvalue only` is the "
+                  "threshold alone, no mask update.", "",
+                  "| operation | scope | gpjax (ms) | PyTorch (ms) | speedup | torch.kthvalue "
+                  "only (ms) | gpjax / kthvalue only |", "|---|---|---|---|---|---|---|"]
+        for scope in ("layer", "global"):
+            for op, kth in (("prune_{}_plain", "active"), ("prune_{}_recoverable", "active"),
+                            ("grow_{}", "all")):
+                k = op.format(scope)
+                j, t = ms[f"gpjax_{k}"], ms[f"torch_{k}"]
+                kv = ms[f"torch_kthvalue_{kth}_{scope}"]
+                name = k.replace(f"_{scope}", "").replace("_", " ")
+                lines.append(f"| {name} | {scope} | {j:.1f} | {t:.1f} | {t / j:.2f}x | "
+                             f"{kv:.1f} | {j / kv:.2f} |")
+        agree = u["same_masks_as_torch"]
+        lines += ["", "Same masks as the PyTorch reference: "
+                  + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items()), ""]
+    if "targets" in res:
+        lines += ["## Targets (issue 2, section 6)", "", "| target | measured | met |",
+                  "|---|---|---|"]
+        for t in res["targets"]:
+            lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+    if "train_step" in res:
+        for r in res["train_step"]:
+            best = max(r["speedup_vs_torch_step"], r["speedup_vs_torch_scan"])
+            out.append({"target": f"masked step {r['optimizer']} b{r['batch']} >= 1.5x PyTorch",
+                        "measured": f"{r['speedup_vs_torch_step']:.2f}x step, "
+                                    f"{r['speedup_vs_torch_scan']:.2f}x scan",
+                        "met": best >= 1.5})
+            out.append({"target": f"masked/dense {r['optimizer']} b{r['batch']} <= 1.10",
+                        "measured": f"{r['mask_overhead_step']:.2f} step, "
+                                    f"{r['mask_overhead_scan']:.2f} scan",
+                        "met": min(r["mask_overhead_step"], r["mask_overhead_scan"]) <= 1.10})
+    if "growth" in res:
+        g = res["growth"]["gpjax_growth_over_train_epoch"]
+        out.append({"target": "growth epoch <= 0.8x training epoch (b128)",
+                    "measured": f"{g:.2f}", "met": g <= 0.8})
+    if "mask_update" in res:
+        ms = res["mask_update"]["ms"]
+        for scope in ("layer", "global"):
+            for op, kth in (("prune", "active"), ("grow", "all")):
+                j = ms[f"gpjax_{op}_{scope}_recoverable" if op == "prune" else f"gpjax_{op}_{scope}"]
+                kv = ms[f"torch_kthvalue_{kth}_{scope}"]
+                out.append({"target": f"{op} ({scope}) <= torch.kthvalue time",
+                            "measured": f"{j:.1f} ms vs {kv:.1f} ms", "met": j <= kv})
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs"
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 2 repeats, at most 20 steps per timed train epoch")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (7)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny shapes and random data (for the test suite)")
+    p.add_argument("--only", nargs="+", choices=("train", "growth", "mask"),
+                   default=("train", "growth", "mask"), help="sections to run")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads (default: the number of CPUs, as JAX uses)")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    cfg = Config()
+    if args.tiny:
+        cfg = Config(hidden=(32, 16), batch_sizes=(16, 64), num_train=1024,
+                     accumulate_batches=(256, 1024), resnet_width=4, resnet_classes=10,
+                     tiny=True)
+    if args.quick:
+        cfg.repeats, cfg.max_steps = 2, 20
+    if args.repeats is not None:
+        cfg.repeats = args.repeats
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    args = parse_args(argv)
+    cfg = make_config(args)
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+    cmd = "python -m benchmarks.bench_core" + (
+        " " + shlex.join(argv if argv is not None else sys.argv[1:])
+        if (argv if argv is not None else sys.argv[1:]) else "")
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    x, y, data_name = load_data(cfg)
+    res: dict = {}
+    t0 = time.time()
+    print(f"bench_core: repeats={cfg.repeats}, load {load_start}", flush=True)
+    if "train" in args.only:
+        bench_train(cfg, x, y, res)
+    if "growth" in args.only:
+        bench_growth(cfg, x, y, res)
+    if "mask" in args.only:
+        bench_mask_update(cfg, res)
+    res["targets"] = targets(res)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    res["meta"] = {
+        "command": cmd, "date": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        "cpus": os.cpu_count(), "jax_devices": str(jax.devices()),
+        "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS"),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                     "jaxlib": __import__("jaxlib").__version__,
+                     "flax": __import__("flax").__version__, "optax": optax.__version__,
+                     "torch": torch.__version__, "numpy": np.__version__,
+                     "gpjax": gpjax.__version__},
+        "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
+        "repeats": cfg.repeats, "warmup": cfg.warmup, "quick": args.quick, "tiny": cfg.tiny,
+        "data": data_name, "notes": cfg.notes, "wall_s": round(time.time() - t0, 1),
+    }
+    md = render_markdown(res)
+    print()
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_core_{now.strftime('%Y-%m-%d')}" + (
+        "_tiny" if cfg.tiny else "") + ("_quick" if args.quick else "")
+    (args.out / f"{stem}.md").write_text(md)
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    print(f"wrote {args.out / stem}.{{md,json}}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
