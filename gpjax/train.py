@@ -191,12 +191,15 @@ def cosine_rates(lr: float, steps: int, *, start: int = 0, total: int | None = N
     return (lr * 0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size"), donate_argnums=(0,))
-def _train_epoch(state: TrainState, data, rates, task: Task, tx, batch_size: int):
+@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size", "batch_sharding"),
+                   donate_argnums=(0,))
+def _train_epoch(carry, masks, key, data, rates, task: Task, tx, batch_size: int,
+                 batch_sharding=None):
+    # carry = (params, aux, opt_state) is donated; masks are not (callers keep them).
     n = jax.tree.leaves(data)[0].shape[0]
     bs = min(batch_size, n)
     steps = rates.shape[0]
-    key, k_perm, k_steps = jax.random.split(state.key, 3)
+    key, k_perm, k_steps = jax.random.split(key, 3)
     order = jax.random.permutation(k_perm, n)
     # Steps beyond one pass (rates longer than n // bs) wrap around the permutation.
     idx = jnp.take(order, jnp.arange(steps * bs) % n).reshape(steps, bs)
@@ -206,14 +209,14 @@ def _train_epoch(state: TrainState, data, rates, task: Task, tx, batch_size: int
         params, aux, opt_state = carry
         i, lr, k = inp
         batch = jax.tree.map(lambda d: jnp.take(d, i, axis=0), data)
+        if batch_sharding is not None:  # data parallel: each device gets a slice of the batch
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         (loss, aux), g = grad_fn(params, aux, batch, k)
-        updates, opt_state = tx.update(g, opt_state, params, masks=state.masks, learning_rate=lr)
+        updates, opt_state = tx.update(g, opt_state, params, masks=masks, learning_rate=lr)
         return (optax.apply_updates(params, updates), aux, opt_state), loss
 
-    (params, aux, opt_state), losses = jax.lax.scan(
-        step, (state.params, state.aux, state.opt_state),
-        (idx, rates, jax.random.split(k_steps, steps)))
-    return TrainState(params, state.masks, aux, opt_state, key), jnp.mean(losses)
+    carry, losses = jax.lax.scan(step, carry, (idx, rates, jax.random.split(k_steps, steps)))
+    return carry, key, jnp.mean(losses)
 
 
 def train_epoch(
@@ -224,21 +227,29 @@ def train_epoch(
     task: Task,
     tx: optax.GradientTransformationExtraArgs,
     batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of masked training: a jitted scan over a seeded permutation of ``data``.
 
     Args:
-      state: the training state (donated: do not reuse the argument).
+      state: the training state; its params, aux and optimiser state are donated (do not
+        reuse those arrays), its masks are not.
       data: pytree of arrays with leading example axis ``N``.
       rates: learning rate per step, ``[steps]`` (usually ``steps_per_epoch(N, batch_size)``).
       task: the model's :class:`Task`.
       tx: the optimiser from :func:`make_optimizer`.
       batch_size: mini-batch size ``B`` (clipped to ``N``).
+      batch_sharding: optional sharding of each mini-batch (e.g. ``NamedSharding(mesh,
+        P("batch"))``) for data parallelism: parameters replicated, the batch split, gradients
+        all-reduced by XLA. ``None``: whatever the inputs' shardings imply.
 
     Returns:
       ``(state, mean training loss)``; the loss stays on device (check it for NaN when needed).
     """
-    return _train_epoch(state, data, jnp.asarray(rates, jnp.float32), task, tx, batch_size)
+    (params, aux, opt_state), key, loss = _train_epoch(
+        (state.params, state.aux, state.opt_state), state.masks, state.key, data,
+        jnp.asarray(rates, jnp.float32), task, tx, batch_size, batch_sharding)
+    return TrainState(params, state.masks, aux, opt_state, key), loss
 
 
 def _batched(data: PyTree, batch_size: int) -> tuple[PyTree, jax.Array]:

@@ -63,6 +63,8 @@ class Trainer:
       batch_size: training mini-batch size.
       eval_batch_size: batch size for evaluation and growth gradients.
       progress: show tqdm bars.
+      batch_sharding: sharding of training mini-batches for data parallelism (see
+        :func:`gpjax.train.train_epoch`); ``None`` on one device.
     """
 
     task: Task
@@ -70,12 +72,13 @@ class Trainer:
     batch_size: int = 128
     eval_batch_size: int = 1000
     progress: bool = True
+    batch_sharding: Any = None
 
     def epoch(self, state: TrainState, data: PyTree, rates: np.ndarray, *,
               where: str) -> tuple[TrainState, float]:
         """One training epoch; raises :class:`NonFiniteLossError` naming ``where``."""
         state, loss = train_epoch(state, data, rates, task=self.task, tx=self.tx,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, batch_sharding=self.batch_sharding)
         loss = float(loss)
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} in {where}")
@@ -106,6 +109,7 @@ def grow_and_train(
     name: str = "grow",
     validation: PyTree | None = None,
     on_epoch: Callable[[TrainState, dict], None] | None = None,
+    start_epoch: int = 0,
 ) -> tuple[TrainState, PhaseLog]:
     """Trains for ``epochs`` with a cosine learning rate, growing every ``grow_every`` epochs.
 
@@ -115,6 +119,10 @@ def grow_and_train(
     ``-lr * g`` with the current learning rate. With ``grow=False`` this is plain masked
     training (the TFS/NFT training phase).
 
+    ``start_epoch`` resumes a phase interrupted after epoch ``start_epoch - 1`` (from the state
+    an ``on_epoch`` hook saved then): the schedule and growth steps continue where they were,
+    and the log counts only the epochs run by this call.
+
     Returns:
       ``(state, log)``; ``log.epochs`` counts gradient evaluations as epochs too.
     """
@@ -122,7 +130,8 @@ def grow_and_train(
     steps = steps_per_epoch(n, trainer.batch_size)
     log = PhaseLog(name)
     bar = trainer.bar(epochs, name)
-    for e in range(epochs):
+    bar.update(start_epoch)
+    for e in range(start_epoch, epochs):
         rates = cosine_rates(learning_rate, steps, start=e * steps, total=epochs * steps)
         event: dict = {"epoch": e}
         if grow and e % grow_every == 0:
@@ -190,6 +199,7 @@ def prune_and_retrain(
     name: str = "prune",
     reference_error: float | None = None,
     on_iteration: Callable[[TrainState, dict], None] | None = None,
+    start_iteration: int = 0,
 ) -> tuple[TrainState, PhaseLog]:
     """Prunes ``cfg.percentile`` % of active weights, retrains, repeats while accuracy holds.
 
@@ -198,6 +208,9 @@ def prune_and_retrain(
     when the phase starts, unless given). The phase stops after ``patience`` failed iterations
     in a row, at ``target_params``, or when nothing is left to prune, and returns the last
     model that held.
+
+    ``start_iteration`` resumes a phase from the model an ``on_iteration`` hook received after
+    a held iteration ``start_iteration - 1`` (pass the phase's original ``reference_error``).
 
     Returns:
       ``(last state that held, log)``; every event records active params and val error.
@@ -209,9 +222,10 @@ def prune_and_retrain(
     best, fails = state, 0
     log = PhaseLog(name)
     bar = trainer.bar(cfg.max_iterations, name)
+    bar.update(start_iteration)
     input_fed = trainer.task.input_kernels
     active = gpjax.count_params(state.masks).active
-    for it in range(cfg.max_iterations):
+    for it in range(start_iteration, cfg.max_iterations):
         if cfg.target_params is not None and active <= cfg.target_params:
             break
         params, masks = gpjax.prune(state.params, state.masks, percentile=cfg.percentile,

@@ -1,0 +1,236 @@
+"""The ``gpjax`` command: ``run`` experiments, render a ``report`` table, ``plot`` results.
+
+Examples::
+
+    gpjax list
+    gpjax run --config lenet300_mnist --policy growprune,tfs,nft,nest --seeds 0,1,2 --out results/mnist
+    gpjax run --config lenet300_mnist --policy growprune --epoch-scale 0.25 --rounds 3 \\
+        --set prune.tolerance=0.2 --set grow_every=2 --out results/quick
+    gpjax run ... --resume          # continue every (policy, seed) from its last checkpoint
+    gpjax report results/mnist      # Markdown table (TFS / NFT / NeST / Ours per round)
+    gpjax plot results/mnist        # PNGs: error, parameters, cost vs round
+
+``--set KEY=VALUE`` sets a field of the experiment config (``batch_size``, ``n_train``,
+``model_kwargs={"hidden": [300, 100]}`` as JSON...) when KEY names one, else a field of the
+policy (dotted for the pruning rules: ``prune.tolerance``, ``nonrecoverable=none``). A
+``POLICY:KEY=VALUE`` form sets a field of one policy only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
+
+
+def _parse_list(text: str, cast=str) -> list:
+    return [cast(t) for t in text.split(",") if t.strip()]
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _split_sets(sets: list[str], experiment_fields: set[str]) -> tuple[dict, dict, dict]:
+    exp, pol, per_policy = {}, {}, {}
+    for item in sets:
+        if "=" not in item:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        target = None
+        if ":" in key:
+            target, key = key.split(":", 1)
+            if target not in POLICY_NAMES:
+                raise SystemExit(f"--set {item!r}: unknown policy {target!r}")
+        if target is None and key.split(".")[0] in experiment_fields:
+            exp[key] = _value(value)
+        elif target is None:
+            pol[key] = value
+        else:
+            per_policy.setdefault(target, {})[key] = value
+    return exp, pol, per_policy
+
+
+def scale_epochs(policy, factor: float):
+    """The policy with every ``*epochs`` field multiplied by ``factor`` (rounded, >= 1 unless 0)."""
+    if factor == 1.0:
+        return policy
+    changes = {}
+    for f in dataclasses.fields(policy):
+        v = getattr(policy, f.name)
+        if f.name.endswith("epochs") and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            changes[f.name] = max(1, round(v * factor))
+    return dataclasses.replace(policy, **changes)
+
+
+def resolve(config: str, policies: list[str], sets: list[str], rounds: int | None = None,
+            epoch_scale: float = 1.0):
+    """The experiment config and policy values a ``gpjax run`` command line describes."""
+    from gpjax.incremental.configs import ExperimentConfig, get_config
+    from gpjax.incremental.policies import make_policy
+
+    cfg = get_config(config)
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    exp_over, pol_over, per_policy = _split_sets(sets, fields)
+    changes = {}
+    for key, value in exp_over.items():
+        if "." in key:
+            raise SystemExit(f"--set {key}: experiment fields are set whole (JSON values)")
+        if key == "optimizer" and isinstance(value, dict):
+            value = dataclasses.replace(cfg.optimizer, **value)
+        if key == "class_rounds" and isinstance(value, list):
+            value = tuple(tuple(c) for c in value)
+        changes[key] = value
+    if rounds is not None:
+        changes["rounds"] = rounds
+    cfg = dataclasses.replace(cfg, **changes)
+    out = []
+    for name in policies:
+        if name not in POLICY_NAMES:
+            raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+        over = {**cfg.policies.get(name, {}), **pol_over, **per_policy.get(name, {})}
+        try:
+            pol = make_policy(name, over)
+        except KeyError as e:
+            raise SystemExit(f"--set: {e.args[0]}") from None
+        out.append(scale_epochs(pol, epoch_scale))
+    return cfg, out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gpjax.incremental.configs import build
+    from gpjax.incremental.loop import run, run_dir
+
+    policies = _parse_list(args.policy)
+    seeds = (_parse_list(args.seeds, int) if args.seeds
+             else list(range(args.seed, args.seed + args.repeats)))
+    cfg, pols = resolve(args.config, policies, args.set or [], args.rounds, args.epoch_scale)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    devices = None
+    if args.devices:
+        import jax
+        devices = jax.local_devices()[: args.devices]
+    built = {}
+    for seed in seeds:
+        for pol in pols:
+            key = seed if cfg.data_seed is None else None
+            if key not in built:
+                built = {key: build(cfg, seed)}  # data and compiled code shared by policies
+            rows = run(built[key], pol, seed, out, resume=args.resume,
+                       progress=not args.no_progress, devices=devices)
+            last = rows[-1]
+            print(f"{pol.name} seed {seed}: {len(rows)} rounds, last round test error "
+                  f"{last['test_error']:.2f}%, {last['params_recoverable']} params "
+                  f"(non-recoverable {last.get('params_nonrecoverable')}), "
+                  f"{last['epochs']:.1f} epochs -> {run_dir(out, pol, seed)}", flush=True)
+    if args.report:
+        rows = _load(out)
+        _write_report(rows, out)
+    return 0
+
+
+def _load(paths) -> list[dict]:
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    try:
+        from gpjax.report import load_rows
+        return load_rows(paths)
+    except ImportError:
+        rows = []
+        for p in paths:
+            files = [p] if p.is_file() else sorted(p.rglob("results.json"))
+            for f in files:
+                rows += json.loads(f.read_text())
+        return rows
+
+
+def _write_report(rows: list[dict], out: Path) -> str:
+    from gpjax.report import markdown_table
+    text = markdown_table(rows)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gpjax.report import markdown_table
+    rows = _load(args.paths)
+    if not rows:
+        print("no results.json found under " + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    text = markdown_table(rows)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gpjax.report import plot_rows
+    rows = _load(args.paths)
+    if not rows:
+        print("no results.json found under " + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    out = Path(args.out or args.paths[0])
+    for p in plot_rows(rows, out):
+        print(p)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gpjax.incremental.configs import CONFIGS
+    for name, cfg in sorted(CONFIGS.items()):
+        print(f"{name:32s} model={cfg.model} data={cfg.dataset} scenario={cfg.scenario}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpjax", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run an experiment (policies x seeds)")
+    r.add_argument("--config", required=True, help="experiment name (gpjax list)")
+    r.add_argument("--policy", required=True,
+                   help="comma-separated: " + ",".join(POLICY_NAMES))
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--rounds", type=int, default=None, help="run the first N rounds only")
+    r.add_argument("--seed", type=int, default=0, help="first seed (with --repeats)")
+    r.add_argument("--repeats", type=int, default=1, help="replicates: seeds seed..seed+N-1")
+    r.add_argument("--seeds", default=None, help="explicit seeds, e.g. 0,1,2")
+    r.add_argument("--epoch-scale", type=float, default=1.0,
+                   help="multiply every policy epoch count (reduced runs)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config or policy field (repeatable)")
+    r.add_argument("--resume", action="store_true", help="continue from checkpoints")
+    r.add_argument("--devices", type=int, default=None, help="use the first N local devices")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--report", action="store_true", help="write report.md when done")
+    r.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="Markdown table from results")
+    rep.add_argument("paths", nargs="+", help="results.json files or directories")
+    rep.add_argument("--out", default=None, help="write the table here too")
+    rep.set_defaults(func=cmd_report)
+    pl = sub.add_parser("plot", help="PNG plots from results")
+    pl.add_argument("paths", nargs="+")
+    pl.add_argument("--out", default=None, help="directory of the PNGs (default: first path)")
+    pl.set_defaults(func=cmd_plot)
+    ls = sub.add_parser("list", help="list experiment configs")
+    ls.set_defaults(func=cmd_list)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
