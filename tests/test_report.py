@@ -10,11 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-from gpjax import report  # noqa: E402
+from gpjax import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,7 +160,7 @@ def test_plots_files_and_drawn_data(tmp_path, rows):
     np.testing.assert_allclose(lines["TFS"].get_ydata(), [2.31, 1.80])
     np.testing.assert_allclose(lines["Ours (GrowPrune)"].get_ydata(), [2.19, 1.74])
     # Error bars: the s.e. over seeds (TFS round 2: 0.0577).
-    bars = [c for c in ax.containers if c.get_label() == "TFS"][0]
+    bars = next(c for c in ax.containers if c.get_label() == "TFS")
     seg = bars.lines[2][0].get_segments()[1]
     assert seg[1][1] - seg[0][1] == pytest.approx(2 * 0.057735, abs=1e-5)
     p_lines = _drawn(figs["params"].axes[0])
