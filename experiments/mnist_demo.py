@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true",
                    help="full-length run: 60 grow-and-train epochs, up to 200 pruning iterations "
                         "with up to 3 retraining epochs each")
+    p.add_argument("--subset", type=int, default=None,
+                   help="use only this many training and test images (quick checks)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.full:
@@ -76,9 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     mnist = load_mnist()
-    train = (jnp.asarray(mnist.train.images), jnp.asarray(mnist.train.labels))
-    val = (jnp.asarray(mnist.validation.images), jnp.asarray(mnist.validation.labels))
-    test = (jnp.asarray(mnist.test.images), jnp.asarray(mnist.test.labels))
+    n = args.subset
+    train = (jnp.asarray(mnist.train.images[:n]), jnp.asarray(mnist.train.labels[:n]))
+    val = (jnp.asarray(mnist.validation.images[:n]), jnp.asarray(mnist.validation.labels[:n]))
+    test = (jnp.asarray(mnist.test.images[:n]), jnp.asarray(mnist.test.labels[:n]))
     print(f"MNIST from {mnist.source}: {len(mnist.train)} train / {len(mnist.validation)} "
           f"validation / {len(mnist.test)} test; devices: {jax.devices()}")
 
