@@ -510,18 +510,25 @@ def _save_fig(fig: Any, path: Path, dpi: int) -> None:
 # ----------------------------------------------------------------------------- FIG. 5
 
 
-def pixel_connection_counts(first_kernel_mask: Any, shape: tuple[int, int] = (28, 28)) -> np.ndarray:
+def pixel_connection_counts(first_kernel_mask: Any,
+                            shape: tuple[int, int] | None = (28, 28)) -> np.ndarray:
     """Per-input-pixel number of active connections into the first hidden layer.
 
     Args:
       first_kernel_mask: the first layer's mask (or kernel: nonzero counts as active), shape
         ``[prod(shape), H]`` (Flax ``Dense`` layout ``[in, out]``).
-      shape: the image shape the inputs unflatten to.
+      shape: the image shape the inputs unflatten to; None: square (``sqrt(in)`` per side).
 
     Returns:
       An int array of ``shape``: ``mask.sum(axis=1)`` reshaped.
     """
     m = np.asarray(first_kernel_mask)
+    if shape is None:
+        side = math.isqrt(m.shape[0]) if m.ndim == 2 else 0
+        if m.ndim != 2 or side * side != m.shape[0]:
+            raise ValueError(f"cannot infer a square image shape from a first-layer mask of "
+                             f"shape {m.shape}; pass shape=(height, width)")
+        shape = (side, side)
     n_in = int(np.prod(shape))
     if m.ndim != 2 or m.shape[0] != n_in:
         hint = (" (it looks transposed: pass mask.T)" if m.ndim == 2 and m.shape[1] == n_in
@@ -533,7 +540,8 @@ def pixel_connection_counts(first_kernel_mask: Any, shape: tuple[int, int] = (28
 
 
 def pixel_connection_heatmap(first_kernel_mask: Any, out_path: str | os.PathLike, *,
-                             title: str | None = None, shape: tuple[int, int] = (28, 28),
+                             title: str | None = None,
+                             shape: tuple[int, int] | None = (28, 28),
                              dpi: int = 120) -> np.ndarray:
     """Draws FIG. 5: active connections from each input pixel to the first hidden layer.
 
@@ -555,7 +563,8 @@ def pixel_connection_heatmap(first_kernel_mask: Any, out_path: str | os.PathLike
 def pixel_connection_heatmaps(masks: Sequence[Any] | Mapping[str, Any],
                               out_path: str | os.PathLike, *,
                               titles: Sequence[str] | None = None,
-                              shape: tuple[int, int] = (28, 28), ncols: int | None = None,
+                              shape: tuple[int, int] | None = (28, 28),
+                              ncols: int | None = None,
                               shared_scale: bool = True, suptitle: str | None = None,
                               dpi: int = 120) -> np.ndarray:
     """FIG. 5 for several rounds: one heatmap panel per first-layer mask.
