@@ -146,6 +146,12 @@ def test_config_mismatch_names_keys(tmp_path):
     assert "policy" not in msg and "model" not in msg
     # Tuples vs lists are the same JSON config.
     RoundCheckpointer(tmp_path, config={**CONFIG, "epochs": (15, 20)})
+    # A config left by a run that never completed a step does not block a new config.
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "gpjax_config.json").write_text(json.dumps(CONFIG))
+    ck = RoundCheckpointer(tmp_path / "fresh", config=new)
+    ck.save(1, {"w": jnp.ones(2)}, {})
+    assert json.loads((tmp_path / "fresh" / "gpjax_config.json").read_text())["alpha"] == 30.0
 
 
 def test_structure_and_shape_mismatch_named(tmp_path):

@@ -247,6 +247,11 @@ class RoundCheckpointer:
                 f"cannot read the stored run config {path}: {e}. Delete it only if you are sure "
                 f"the checkpoints in {self.directory} belong to this config.") from e
         if stored != self.config:
+            if not any(p.is_dir() and p.name.isdigit() for p in self.directory.iterdir()):
+                # Config written by a run killed before its first complete step: nothing to
+                # protect, the new config takes over.
+                path.unlink()
+                return
             lines = config_diff(stored, self.config)
             raise CheckpointMismatchError(
                 f"{self.directory} holds checkpoints of a different run config; differing keys "
