@@ -92,10 +92,12 @@ class _Position:
 
 class _Run:
     def __init__(self, exp: Experiment, policy: Policy, seed: int, out: Path, *, resume: bool,
-                 progress: bool, devices: Sequence[jax.Device] | None, max_to_keep: int):
+                 progress: bool, devices: Sequence[jax.Device] | None, max_to_keep: int,
+                 callback=None):
         from gpjax.incremental.checkpoint import RoundCheckpointer
 
         self.exp, self.cfg, self.policy, self.seed = exp, exp.config, policy, seed
+        self.callback = callback
         self.dir = out
         self.progress = progress
         devices = list(devices) if devices is not None else jax.local_devices()
@@ -175,6 +177,8 @@ class _Run:
             state = self.start_state(plan, carry, r)
             self.save(state, None, _Position(r, 0, 0), {"cost": cost.to_dict(),
                                                          "events": events})
+            if self.callback is not None:
+                self.callback("round_start", r, state, carry)
         for p in range(pos.phase, len(plan.phases)):
             spec = plan.phases[p]
             start = pos.inner if p == pos.phase else 0
@@ -254,6 +258,8 @@ class _Run:
         self.save(state, carry_next, _Position(r, len(plan.phases), 0, round_done=True),
                   {"cost": cost.to_dict(), "events": events})
         self.write_rows()
+        if self.callback is not None:
+            self.callback("round_end", r, state, carry_next)
         return carry_next
 
     # ---------------------------------------------------------------------------- results
@@ -370,6 +376,7 @@ def run(
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
     max_to_keep: int = 3,
+    callback=None,
 ) -> list[dict]:
     """Runs every round of ``config``'s scenario with ``policy`` and ``seed``.
 
@@ -384,6 +391,10 @@ def run(
       progress: tqdm bars per round and phase.
       devices: devices of the data-parallel mesh (default: all local devices).
       max_to_keep: checkpoints kept.
+      callback: optional ``callback(event, round, state, carry)``, called with
+        ``"round_start"`` (the start state; ``carry``: the previous round's model or None) and
+        ``"round_end"`` (the final recoverable state; ``carry``: the model the next round
+        starts from). For tests and monitoring; it must not modify the arrays.
 
     Returns:
       One row per round (see ``experiments/README.md`` for the fields).
@@ -396,7 +407,7 @@ def run(
     exp = config if isinstance(config, Experiment) else build(config, seed)
     r_dir = run_dir(out, policy, seed)
     runner = _Run(exp, policy, seed, r_dir, resume=resume, progress=progress, devices=devices,
-                  max_to_keep=max_to_keep)
+                  max_to_keep=max_to_keep, callback=callback)
     try:
         return _run(runner, resume)
     finally:

@@ -1,0 +1,97 @@
+"""The ``gpjax`` command line: config resolution, overrides, policies, and the subcommands."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from gpjax import cli
+from gpjax.incremental.configs import CONFIGS, get_config
+from gpjax.incremental.policies import NFT, TFS, GrowPrune, Merged, NeST, make_policy
+
+
+def test_configs_registry_has_every_experiment():
+    for prefix in ("lenet300_mnist", "lenet5_mnist", "resnet18_mnist", "resnet18_imagenette",
+                   "resnet18_imagenet", "ds2_hlstm_synthetic", "ds2_hlstm_an4",
+                   "lenet300_mnist_classes"):
+        assert prefix in CONFIGS and f"{prefix}_tiny" in CONFIGS
+    for cfg in CONFIGS.values():
+        for name, over in cfg.policies.items():
+            make_policy(name, over)  # every override names a real field
+
+
+def test_policy_defaults_follow_spec_mnist_protocol():
+    g = GrowPrune()
+    assert (g.new_epochs, g.all_epochs, g.learning_rate) == (15, 20, 0.1)
+    assert TFS().epochs == 60 and NFT().epochs == 60 and NeST().epochs == 90
+    assert Merged().new_epochs == 0
+    plan = g.plan(3)
+    assert plan.start == "inherit"
+    assert [(p.kind, p.data, p.epochs) for p in plan.phases] == [
+        ("grow", "new", 15), ("grow", "all", 20), ("prune", "all", 0)]
+    assert [p.data for p in Merged().plan(3).phases] == ["all", "all"]
+    assert TFS().plan(2).start == "fresh_dense" and NeST().plan(2).start == "fresh_sparse"
+    assert NFT().plan(2).start == "carry_dense" and NFT().plan(2).carry_after == 0
+    assert g.prune.recoverable and not g.nonrecoverable.recoverable
+
+
+def test_resolve_overrides():
+    cfg, pols = cli.resolve("lenet300_mnist", ["growprune", "tfs"],
+                            ["prune.tolerance=0.25", "batch_size=64", "tfs:epochs=7",
+                             "nonrecoverable=none", 'model_kwargs={"hidden": [20, 10]}'],
+                            rounds=4)
+    assert cfg.batch_size == 64 and cfg.rounds == 4 and cfg.model_kwargs == {"hidden": [20, 10]}
+    g, t = pols
+    assert g.prune.tolerance == 0.25 and t.prune.tolerance == 0.25
+    assert t.epochs == 7 and g.nonrecoverable is None
+    with pytest.raises(SystemExit, match="no field"):
+        cli.resolve("lenet300_mnist", ["tfs"], ["no_such_field=1"])
+    with pytest.raises(SystemExit, match="unknown policy"):
+        cli.resolve("lenet300_mnist", ["sgd"], [])
+    with pytest.raises(KeyError, match="unknown config"):
+        get_config("nope")
+
+
+def test_epoch_scale():
+    _, (g,) = cli.resolve("lenet300_mnist", ["growprune"], [], epoch_scale=0.2)
+    assert (g.new_epochs, g.all_epochs, g.first_epochs) == (3, 4, 18)
+    assert g.prune.max_retrain_epochs == 3  # the pruning rule is not an epoch budget
+    m = cli.scale_epochs(Merged(), 0.1)
+    assert m.new_epochs == 0 and m.all_epochs == 4
+    assert dataclasses.replace(m, all_epochs=1).all_epochs == 1
+
+
+def test_list_and_help(capsys):
+    assert cli.main(["list"]) == 0
+    assert "lenet300_mnist_tiny" in capsys.readouterr().out
+    res = subprocess.run([sys.executable, "-m", "gpjax", "run", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "--resume" in res.stdout and "--seeds" in res.stdout
+
+
+def test_run_report_plot_class_incremental_heatmaps(tmp_path, capsys):
+    """FIG. 5 config through the CLI, shortened: heatmaps per round, then report and plot."""
+    out = tmp_path / "fig5"
+    argv = ["run", "--config", "lenet300_mnist_classes_tiny", "--policy", "growprune",
+            "--out", str(out), "--rounds", "2", "--no-progress", "--seeds", "0",
+            "--set", "growprune:first_epochs=1", "--set", "prune.max_iterations=1",
+            "--set", "nonrecoverable.max_iterations=1"]
+    assert cli.main(argv) == 0
+    run_dir = out / "growprune-seed0"
+    assert (run_dir / "results.json").exists() and (run_dir / "results.csv").exists()
+    for r in range(2):
+        assert (run_dir / "heatmaps" / f"recoverable-round{r:02d}.png").exists()
+        counts = __import__("numpy").load(run_dir / "heatmaps" / f"recoverable-round{r:02d}.npy")
+        assert counts.shape == (784,)
+    capsys.readouterr()
+    try:
+        import gpjax.report  # noqa: F401
+    except ImportError:
+        return
+    assert cli.main(["report", str(out)]) == 0
+    assert "|" in capsys.readouterr().out
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0
+    assert any((tmp_path / "plots").glob("*.png"))
