@@ -40,7 +40,7 @@ def _ceil_div(lengths: Any, stride: int) -> Any:
 
 
 def output_lengths(lengths: jax.Array | np.ndarray, time_strides: Sequence[int]) -> Any:
-    """Frames left after ``"SAME"``-padded convolutions with the given time strides.
+    """Frames left after convolutions padded by ``k - 1`` in all with the given time strides.
 
     Args:
       lengths: ``[B]`` integer numbers of real input frames.
@@ -123,7 +123,11 @@ class DeepSpeech2(nn.Module):
         for n, (width, kernel, strides) in enumerate(
                 zip(self.conv_features, self.conv_kernels, self.conv_strides, strict=True)):
             x = x * (1.0 - paddings)[:, :, None, None]
-            x = leaky_relu(nn.Conv(width, kernel, strides, padding="SAME", name=f"conv{n + 1}")(x))
+            # Fixed left padding (k - 1) // 2: output frame j always sees input frames
+            # j * s - (k - 1) // 2 onwards. ("SAME" pads by an amount that depends on T, which
+            # would shift an utterance's frames with the padding that follows it.)
+            padding = [((k - 1) // 2, k // 2) for k in kernel]
+            x = leaky_relu(nn.Conv(width, kernel, strides, padding=padding, name=f"conv{n + 1}")(x))
             lengths = _ceil_div(lengths, strides[0])
             paddings = lengths_to_paddings(lengths, x.shape[1])
         x = x.reshape(*x.shape[:2], -1)
