@@ -140,17 +140,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _load(paths) -> list[dict]:
+    from gpjax.report import load_rows
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    try:
-        from gpjax.report import load_rows
-        return load_rows(paths)
-    except ImportError:
-        rows = []
-        for p in paths:
-            files = [p] if p.is_file() else sorted(p.rglob("results.json"))
-            for f in files:
-                rows += json.loads(f.read_text())
-        return rows
+    found = []
+    for p in paths:
+        found += [p] if p.is_file() else sorted(p.rglob("results.json"))
+    return load_rows(found) if found else []
 
 
 def _write_report(rows: list[dict], out: Path) -> str:

@@ -113,7 +113,7 @@ _AN4 = {"growprune": {"new_epochs": 20, "all_epochs": 30, "first_epochs": 150},
         "nest": {"epochs": 150}}
 
 _TINY = dict(n_train=300, n_validation=100, n_test=200, chunks=3, batch_size=32, augment=False,
-             eval_batch_size=100, checkpoint_every=1, prune_checkpoint_every=1,
+             eval_batch_size=100, checkpoint_every=2, prune_checkpoint_every=2,
              policies=_tiny_policies())
 
 CONFIGS: dict[str, ExperimentConfig] = {}
@@ -376,7 +376,7 @@ def build(cfg: ExperimentConfig, seed: int = 0) -> Experiment:
     return Experiment(cfg, task, scenario, example, test_error, tuple(model.input_kernels))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def experiment_fields() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 

@@ -29,11 +29,8 @@ across devices. Multi-host: call ``jax.distributed.initialize()`` before ``run``
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +59,7 @@ from gpjax.train import TrainState, make_optimizer, num_examples, steps_per_epoc
 PyTree = Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimizer(cfg):
     # One optimiser object per recipe: it is a static argument of the jitted epoch, so runs of
     # several policies in one process share compiled code.
@@ -71,7 +68,7 @@ def _optimizer(cfg):
 
 def _copy(tree: PyTree) -> PyTree:
     """A deep copy of the arrays (training donates its input buffers)."""
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+    return jax.tree.map(lambda x: x.copy(), tree)
 
 
 def run_dir(out: str | Path, policy: Policy, seed: int) -> Path:
@@ -115,7 +112,8 @@ class _Run:
         if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume=True "
                                   "(--resume) to continue that run, or choose another --out")
-        self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep)
+        self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep,
+                                      async_save=False)
         self.step = 0
         self.rows: list[dict] = []
         self._device_cache: dict = {}
@@ -154,7 +152,13 @@ class _Run:
             st = new_state(self.trainer, key, self.exp.example_batch, params=carry["params"],
                            aux=carry["aux"], masks=carry["masks"])
         elif plan.start in ("fresh_sparse",):
-            st = new_state(self.trainer, key, self.exp.example_batch, density=plan.seed_density)
+            k_init, k_mask, k_fix, k_run = jax.random.split(key, 4)
+            params, aux = self.exp.task.init(k_init, self.exp.example_batch)
+            masks = gpjax.init_masks(params, density=plan.seed_density, key=k_mask)
+            masks = connect_seed(masks, self.exp.input_kernels,
+                                 int(jax.random.randint(k_fix, (), 0, 2**31 - 1)))
+            st = new_state(self.trainer, k_run, self.exp.example_batch, params=params, aux=aux,
+                           masks=masks)
         else:
             st = new_state(self.trainer, key, self.exp.example_batch)
         return self.replicate(st)
@@ -174,9 +178,8 @@ class _Run:
         cost = Cost.from_dict(saved["cost"]) if "cost" in saved else Cost(rd.n_all)
         events: dict = saved.get("events", {})
         if state is None:
+            # Not saved: a resume recomputes it from the previous round's checkpoint.
             state = self.start_state(plan, carry, r)
-            self.save(state, None, _Position(r, 0, 0), {"cost": cost.to_dict(),
-                                                         "events": events})
             if self.callback is not None:
                 self.callback("round_start", r, state, carry)
         for p in range(pos.phase, len(plan.phases)):
@@ -191,13 +194,13 @@ class _Run:
             ref_saved = saved.get("reference_error") if start else None
             saved = {}
 
-            def snapshot(st, inner, part, ref=None, spec=spec, t0=t0):
+            def snapshot(st, inner, part, ref=None, spec=spec, t0=t0, p=p, cn=carry_next):
                 c = cost.to_dict()
                 c["wall_time_s"] += time.perf_counter() - t0
                 extra = {"cost": c, "events": events, "partial": part, "phase_name": spec.name}
                 if ref is not None:
                     extra["reference_error"] = ref
-                self.save(st, carry_next, _Position(r, p, inner), extra)
+                self.save(st, cn, _Position(r, p, inner), extra)
 
             where = f"round {r} ({self.policy.name}, seed {self.seed})"
             try:
@@ -305,21 +308,60 @@ class _Run:
         }
 
     def heatmap(self, masks: PyTree, r: int, which: str) -> None:
+        """FIG. 5: per-pixel active connections into the first hidden layer, after round r;
+        plus one figure of every round so far (from the saved ``.npy`` masks)."""
+        from gpjax.report import pixel_connection_heatmap, pixel_connection_heatmaps
+
         kernel = _input_kernel_mask(masks, self.exp.input_kernels)
-        if kernel is None:
+        if kernel is None or kernel.shape[0] != 784:
             return
         out = self.dir / "heatmaps" / f"{which}-round{r:02d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            from gpjax.report import pixel_connection_heatmap
-        except ImportError:
-            pixel_connection_heatmap = _heatmap_fallback
-        pixel_connection_heatmap(np.asarray(kernel), out)
-        counts = np.asarray(kernel).reshape(kernel.shape[0], -1).sum(-1)
-        np.save(out.with_suffix(".npy"), counts)
+        classes = self.exp.scenario.classes[r]
+        title = f"round {r}" + (f": classes {list(classes)}" if classes else "")
+        pixel_connection_heatmap(kernel, out, title=title)
+        np.save(out.with_suffix(".npy"), kernel)
+        panels = {}
+        for k in range(r + 1):
+            f = self.dir / "heatmaps" / f"{which}-round{k:02d}.npy"
+            if f.exists():
+                cs = self.exp.scenario.classes[k]
+                panels[f"round {k}" + (f": {list(cs)}" if cs else "")] = np.load(f)
+        pixel_connection_heatmaps(panels, self.dir / "heatmaps" / f"{which}-all-rounds.png",
+                                  suptitle=f"{self.policy.name}: connections per input pixel "
+                                           f"({which})")
 
     def write_rows(self) -> None:
-        write_rows(self.rows, self.dir)
+        write_rows(self.rows, self.dir, metadata={**self.run_config,
+                                                  "scenario": self.exp.scenario.description})
+
+
+def connect_seed(masks: PyTree, input_fed: Sequence[str], seed: int) -> PyTree:
+    """A sparse seed in which every neuron has an input and an output connection.
+
+    A random mask at low density leaves some units without any input or output (a 16-unit layer
+    feeding 10 outputs at density 0.3 has one with probability ~40%); recoverable pruning keeps
+    the neurons it is given, so a disconnected seed unit would stay dead for good. For each such
+    unit one random connection is switched on (the network's inputs, e.g. pixels, are exempt).
+    """
+    from gpjax.masks import _input_fed_flags, masked_leaves, unit_view
+
+    rng = np.random.default_rng(seed)
+    flags = _input_fed_flags(masks, list(input_fed))
+    fixed = []
+    for (_, m, _), fed in zip(masked_leaves(masks), flags, strict=True):
+        m = np.array(m)
+        v = np.asarray(unit_view(m)).copy()  # [spatial, in, out]
+        s_, n_in, n_out = v.shape
+        for o in np.flatnonzero(~v.any(axis=(0, 1))):
+            v[rng.integers(s_), rng.integers(n_in), o] = True
+        if not fed:
+            for i in np.flatnonzero(~v.any(axis=(0, 2))):
+                v[rng.integers(s_), i, rng.integers(n_out)] = True
+        fixed.append(jnp.asarray(v.reshape(m.shape)))
+    it = iter(fixed)
+    return jax.tree.map(lambda m: None if m is None else next(it), masks,
+                        is_leaf=lambda x: x is None)
 
 
 def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | None:
@@ -333,37 +375,10 @@ def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | N
     return None
 
 
-def _heatmap_fallback(kernel_mask: np.ndarray, out_path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    counts = np.asarray(kernel_mask).sum(-1)
-    side = math.isqrt(counts.size)
-    fig, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(counts.reshape(side, -1), cmap="viridis")
-    ax.set_axis_off()
-    fig.savefig(out_path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return Path(out_path)
-
-
-def write_rows(rows: list[dict], out_dir: Path) -> None:
-    """Rows as ``results.json`` and ``results.csv`` (via :mod:`gpjax.report` when present)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        from gpjax.report import write_rows as report_write_rows
-    except ImportError:
-        report_write_rows = None
-    if report_write_rows is not None:
-        report_write_rows(rows, out_dir)
-        return
-    (out_dir / "results.json").write_text(json.dumps(rows, indent=1, default=str))
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], dict)] if rows else []
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+def write_rows(rows: list[dict], out_dir: Path, metadata: dict | None = None) -> None:
+    """Rows as ``results.json`` and ``results.csv`` (:func:`gpjax.report.write_rows`)."""
+    from gpjax.report import write_rows as report_write_rows
+    report_write_rows(rows, out_dir, metadata=metadata)
 
 
 def run(

@@ -219,7 +219,9 @@ def prune_and_retrain(
     steps = steps_per_epoch(n, trainer.batch_size)
     ref = trainer.error(state, validation) if reference_error is None else reference_error
     limit = ref + cfg.tolerance / 100.0
-    best, fails = state, 0
+    # ``best`` is a copy: retraining donates the state's buffers (optimiser state, key, batch
+    # statistics are shared between a pruned state and the model it was pruned from).
+    best, fails = _copy_state(state), 0
     log = PhaseLog(name)
     bar = trainer.bar(cfg.max_iterations, name)
     bar.update(start_iteration)
@@ -250,7 +252,7 @@ def prune_and_retrain(
                  "held": held}
         log.events.append(event)
         if held:
-            best, fails = state, 0
+            best, fails = _copy_state(state), 0
         else:
             fails += 1
         if on_iteration is not None:
@@ -261,6 +263,10 @@ def prune_and_retrain(
             break
     bar.close()
     return best, log
+
+
+def _copy_state(state: TrainState) -> TrainState:
+    return jax.tree.map(lambda x: x.copy(), state)
 
 
 def new_state(trainer: Trainer, key: jax.Array, example_batch: Any, *, density: float = 1.0,
