@@ -192,12 +192,13 @@ class ArrayImageSplit(ImageSplit):
 
 
 def _array_split(split: Split, size: int, channels: int) -> ArrayImageSplit:
-    return ArrayImageSplit(indices=np.arange(len(split)), labels=np.asarray(split.labels, np.int32),
+    return ArrayImageSplit(indices=np.arange(len(split)),
+                           labels=np.asarray(split.labels, np.int32),
                            image_size=size, channels=channels, store=split.images)
 
 
-def load_mnist_images(*, size: int = 32, channels: int = 1, cache_dir: str | os.PathLike | None = None,
-                      seed: int = 0) -> ImageData:
+def load_mnist_images(*, size: int = 32, channels: int = 1,
+                      cache_dir: str | os.PathLike | None = None, seed: int = 0) -> ImageData:
     """MNIST as the offline stand-in for ImageNet: 28x28 digits zero-padded to ``size``.
 
     Same 55k / 5k / 10k splits as :func:`gpjax.data.mnist.load_mnist` (which caches offline).
@@ -294,8 +295,9 @@ class TfdsImageSplit(ImageSplit):
 
     def _fetch(self, store_indices: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         # Per-example generators drawn up front keep augmentation deterministic under threads.
-        rngs: list[Any] = ([None] * len(store_indices) if rng is None else
-                           [np.random.default_rng(s) for s in rng.integers(0, 2**63, len(store_indices))])
+        n = len(store_indices)
+        rngs: list[Any] = ([None] * n if rng is None else
+                           [np.random.default_rng(s) for s in rng.integers(0, 2**63, n)])
 
         def one(k: int) -> np.ndarray:
             return preprocess_image(self.source[int(store_indices[k])]["image"],
@@ -340,7 +342,8 @@ def _labels(name: str, split: str, tfds_dir: str | None, source: Any,
     return labels
 
 
-def holdout_per_class(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_per_class(labels: np.ndarray, per_class: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class hold-out: ``per_class`` examples of each class (never more than half of
     a class, so tiny sets keep training examples).
 
