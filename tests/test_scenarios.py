@@ -101,3 +101,24 @@ def test_normalised_epochs_and_cost():
     assert Cost.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError):
         normalised_epochs(1, 1, 0)
+
+
+def test_jitted_levenshtein_matches_reference():
+    """The speech configs' per-utterance error (jitted edit distance over greedy CTC output)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpjax.incremental.configs import _levenshtein
+    from gpjax.metrics import edit_distance
+
+    rng = np.random.default_rng(0)
+    f = jax.jit(_levenshtein)
+    for _ in range(20):
+        t, L = 12, 8  # fixed shapes: one compilation
+        hyp = rng.integers(0, 4, t)
+        valid = rng.random(t) < 0.7
+        ref = rng.integers(0, 4, L)
+        ref_len = int(rng.integers(0, L + 1))
+        want = edit_distance(ref[:ref_len].tolist(), hyp[valid].tolist())
+        got = f(jnp.asarray(hyp), jnp.asarray(valid), jnp.asarray(ref), jnp.asarray(ref_len))
+        assert float(got) == want
