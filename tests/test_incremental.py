@@ -207,6 +207,18 @@ def test_nan_names_round_phase_epoch_and_keeps_last_good(experiment, tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree["carry"]["params"]))
 
 
+def test_resume_with_other_config_says_what_differs(runs, experiment):
+    from gpjax.incremental.checkpoint import CheckpointMismatchError
+
+    out, _ = runs
+    pol = make_policy("tfs", {**experiment.config.policies["tfs"], "prune.tolerance": 0.5})
+    with pytest.raises(CheckpointMismatchError, match="tolerance"):
+        run(experiment, pol, 0, out, resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(experiment, make_policy("tfs", experiment.config.policies["tfs"]), 0, out,
+            progress=False)
+
+
 def _steps(ckpt: Path) -> list[int]:
     if not ckpt.exists():
         return []

@@ -218,7 +218,8 @@ class _Run:
                     state, _ = grow_and_train(
                         self.trainer, state, data[spec.data], epochs=spec.epochs,
                         learning_rate=spec.learning_rate, grow_every=spec.grow_every,
-                        percentile=spec.percentile, grow=spec.kind == "grow", name=spec.name,
+                        percentile=spec.percentile, scope=spec.scope, init=spec.init,
+                        grow=spec.kind == "grow", name=spec.name,
                         on_epoch=on_epoch, start_epoch=start)
                 else:
                     ref = ref_saved if ref_saved is not None else self.trainer.error(state, val)

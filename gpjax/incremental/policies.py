@@ -54,7 +54,10 @@ class PhaseSpec:
       epochs: training epochs (grow/train).
       learning_rate: peak of the phase's cosine schedule (grow/train).
       grow_every: G, epochs between growth steps.
-      percentile: alpha, growth percentile of the gradient magnitudes (per layer).
+      percentile: alpha, growth percentile of the gradient magnitudes.
+      scope: "layer" (a percentile per tensor) or "global".
+      init: grown weights start at ``-lr * g`` ("descent") or ``+lr * g`` ("patent", the
+        source's literal wording; see :func:`gpjax.grow`).
       name: name in logs and checkpoints.
     """
 
@@ -64,6 +67,8 @@ class PhaseSpec:
     learning_rate: float = 0.1
     grow_every: int = 1
     percentile: float = 90.0
+    scope: str = "layer"
+    init: str = "descent"
     name: str = ""
 
 
@@ -127,7 +132,10 @@ class GrowPrune(Policy):
         ``100 - alpha`` % of their layer's entries are grown (dormant ones only). 90 grows at
         most 10% of a layer per growth; SPEC's 30-50 would re-densify the model every time.
       first_epochs: growth epochs of round 0 (SPEC MNIST NeST: 90).
-      seed_density: mask density of round 0's sparse seed.
+      seed_density: mask density of round 0's sparse seed (every neuron connected).
+      growth_scope: percentile per layer ("layer") or over all layers ("global").
+      growth_init: "descent" (grown weights start at ``-lr * g``, lowering the loss) or
+        "patent" (``+lr * g``, the literal wording).
     """
 
     name: ClassVar[str] = "growprune"
@@ -137,10 +145,12 @@ class GrowPrune(Policy):
     growth_percentile: float = 90.0
     first_epochs: int = 90
     seed_density: float = 0.1
+    growth_scope: str = "layer"
+    growth_init: str = "descent"
 
     def _grow(self, data: str, epochs: int, name: str) -> PhaseSpec:
         return PhaseSpec("grow", data, epochs, self.learning_rate, self.grow_every,
-                         self.growth_percentile, name)
+                         self.growth_percentile, self.growth_scope, self.growth_init, name)
 
     def plan(self, round_index: int) -> RoundPlan:
         if round_index == 0:
@@ -218,7 +228,8 @@ class NeST(Policy):
       epochs: growth epochs (SPEC MNIST: 90).
       grow_every: G (as ours).
       growth_percentile: alpha (as ours).
-      seed_density: density of the sparse seed.
+      seed_density: density of the sparse seed (every neuron connected).
+      growth_scope, growth_init: as ours.
     """
 
     name: ClassVar[str] = "nest"
@@ -226,10 +237,12 @@ class NeST(Policy):
     grow_every: int = 5
     growth_percentile: float = 90.0
     seed_density: float = 0.1
+    growth_scope: str = "layer"
+    growth_init: str = "descent"
 
     def plan(self, round_index: int) -> RoundPlan:
         grow = PhaseSpec("grow", "all", self.epochs, self.learning_rate, self.grow_every,
-                         self.growth_percentile, "grow")
+                         self.growth_percentile, self.growth_scope, self.growth_init, "grow")
         return RoundPlan("fresh_sparse", (grow, self._prune()), seed_density=self.seed_density)
 
 
