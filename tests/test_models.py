@@ -372,7 +372,7 @@ def _init(case: Case) -> Any:
 
 CASES: dict[str, Case] = {
     "lenet300": Case(LeNet300(), "fc1", lambda: mnist_subset(28), image_loss, 60, 64, 3e-3),
-    "lenet5": Case(LeNet5(), "conv1", lambda: mnist_subset(28), image_loss, 60, 64, 3e-3),
+    "lenet5": Case(LeNet5(), "conv1", lambda: mnist_subset(28), image_loss, 40, 64, 3e-3),
     # ResNet-18 (small stem) at 1/16 width: the same 21 kernels, cheap to run on a CPU.
     "resnet18": Case(ResNet18(num_classes=10, small_stem=True, width=4), "stem_conv",
                      lambda: mnist_subset(32), image_loss, 40, 32, 3e-3),
