@@ -78,8 +78,9 @@ def test_parameter_counts_pinned():
                            jnp.zeros((1, 32, 32, 3)))
     # stem 7x7x3x64 -> 3x3x3x64 and a 10-way head instead of 1000-way.
     assert n_params(small["params"]) == 11_689_512 - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64 - 513 * 990
-    ds2 = jax.eval_shape(DeepSpeech2().init, key, jnp.zeros((1, 100, 13)))
-    assert n_params(ds2) == 52_218_525
+    # On the 26 MFCCs per frame of gpjax.data.speech (NUM_MFCC): 26 -> 13 -> 7 -> 7 bins.
+    ds2 = jax.eval_shape(DeepSpeech2().init, key, jnp.zeros((1, 100, 26)))
+    assert n_params(ds2) == 52_832_925
 
 
 def test_full_size_forward_shapes():
@@ -90,12 +91,12 @@ def test_full_size_forward_shapes():
                          jnp.zeros((2, 224, 224, 3)))
     assert out.shape == (2, 1000)
     ds2 = DeepSpeech2()
-    v = jax.eval_shape(ds2.init, key, jnp.zeros((1, 100, 13)))
-    logits, pads = jax.eval_shape(ds2.apply, v, jnp.zeros((3, 101, 13)), jnp.zeros((3, 101)))
+    v = jax.eval_shape(ds2.init, key, jnp.zeros((1, 100, 26)))
+    logits, pads = jax.eval_shape(ds2.apply, v, jnp.zeros((3, 101, 26)), jnp.zeros((3, 101)))
     assert logits.shape == (3, 51, 29) and pads.shape == (3, 51)
-    # The 800-wide H-LSTM gate MLPs: [x_t (3 convs x 32 channels x 4 MFCC bins), h] -> 800 -> 800.
+    # The 800-wide H-LSTM gate MLPs: [x_t (32 channels x 7 MFCC bins), h] -> 800 -> 800.
     cell = v["params"]["birnn1"]["forward_rnn"]["cell"]
-    assert cell["f_hidden0"]["kernel"].shape == (32 * 4 + 800, 800)
+    assert cell["f_hidden0"]["kernel"].shape == (32 * 7 + 800, 800)
     assert cell["g_out"]["kernel"].shape == (800, 800)
     small = ResNet18(num_classes=10, small_stem=True)
     x = jnp.zeros((2, 32, 32, 1))
