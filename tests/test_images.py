@@ -63,6 +63,11 @@ def test_imagenet_defaults_and_label_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(I, "_read_labels", lambda *a: pytest.fail("labels were re-read"))
     again, _ = _load("imagenet2012", tmp_path, n=20)
     np.testing.assert_array_equal(again.train.labels, data.train.labels)
+    monkeypatch.undo()
+    with tfds.testing.mock_data(num_examples=20):
+        uncached = I.load_tfds_images("cifar10", label_cache=False)
+    assert len(uncached.train) + len(uncached.validation) == 20
+    assert len(list(tmp_path.glob("*.npy"))) == 2  # imagenet2012 train + validation
     with pytest.raises(ValueError, match="unknown image dataset"):
         I.load_tfds_images("mnist")
 

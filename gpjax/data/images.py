@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -370,7 +370,7 @@ def holdout_per_class(labels: np.ndarray, per_class: int,
 def load_tfds_images(name: str, *, tfds_dir: str | os.PathLike | None = None,
                      image_size: int | None = None, val_per_class: int | None = None,
                      seed: int = 0, num_workers: int = 0,
-                     label_cache: str | os.PathLike | None = "default") -> ImageData:
+                     label_cache: str | os.PathLike | None | Literal[False] = None) -> ImageData:
     """An image dataset prepared with TFDS, split per the SPEC protocol. Never downloads.
 
     Args:
@@ -384,8 +384,8 @@ def load_tfds_images(name: str, *, tfds_dir: str | os.PathLike | None = None,
         ImageNet/Imagenette, 500 for CIFAR-10).
       seed: seed of the hold-out.
       num_workers: threads decoding each batch.
-      label_cache: directory caching the label arrays (``"default"``:
-        ``<gpjax data dir>/tfds-labels``; ``None``: no cache).
+      label_cache: directory caching the label arrays (default
+        ``<gpjax data dir>/tfds-labels``; ``False``: no cache).
 
     Returns:
       :class:`ImageData`: train and validation from the official training split, test = the
@@ -404,8 +404,8 @@ def load_tfds_images(name: str, *, tfds_dir: str | os.PathLike | None = None,
     size = image_size or spec.image_size
     per_class = spec.val_per_class if val_per_class is None else val_per_class
     tfds_dir = None if tfds_dir is None else os.fspath(tfds_dir)
-    cache = (data_dir() / "tfds-labels" if label_cache == "default"
-             else None if label_cache is None else Path(label_cache))
+    cache = (None if label_cache is False
+             else data_dir() / "tfds-labels" if label_cache is None else Path(label_cache))
 
     builder = tfds.builder(name, data_dir=tfds_dir)
     version = str(builder.info.version)
