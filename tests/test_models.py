@@ -205,7 +205,7 @@ def test_hlstm_bidirectional_with_lengths_matches_reference():
         np.testing.assert_allclose(out[b, :n, 4:], ref, rtol=1e-4, atol=1e-5)
 
 
-def test_hlstm_dropout_uses_the_dropout_rng_per_step():
+def test_hlstm_dropout_uses_the_dropout_rng():
     xs = jnp.ones((1, 5, 3))
     cell = HLSTMCell(4, dropout_rate=0.5, deterministic=False)
     rnn = nn.RNN(cell, split_rngs={"params": False, "dropout": True})

@@ -34,9 +34,11 @@ class HLSTMCell(nn.RNNCellBase):
 
     The carry is ``(c, h)``, each ``[*batch, features]``; the output is ``h``.
 
-    Dropout draws from the ``'dropout'`` rng when ``deterministic=False``. Under ``nn.RNN``
-    pass ``split_rngs={"params": False, "dropout": True}`` to draw a fresh dropout mask at each
-    time step (the default of ``nn.RNN`` would reuse one mask for the whole sequence).
+    Dropout draws from the ``'dropout'`` rng when ``deterministic=False``. ``nn.RNN`` passes
+    into its scan only the rng streams named in ``split_rngs``: give it
+    ``split_rngs={"params": False, "dropout": True}`` for a fresh dropout mask at each time step
+    (as :class:`~gpjax.models.DeepSpeech2` does), ``"dropout": False`` for one mask over the
+    whole sequence; with ``nn.RNN``'s default the cell finds no ``'dropout'`` rng and fails.
 
     Attributes:
       features: size of ``c`` and ``h``.
