@@ -446,6 +446,8 @@ def _run(runner: _Run, resume: bool) -> list[dict]:
                 carry_next = tree["carry"] if meta["has_carry"] else None
                 saved = {k: meta[k] for k in ("cost", "events", "partial", "reference_error")
                          if k in meta}
+    if runner.rows:
+        runner.write_rows()  # a run killed between its last checkpoint and writing its rows
     num_rounds = runner.exp.scenario.num_rounds
     bar = tqdm(total=num_rounds, initial=min(pos.round, num_rounds), disable=not runner.progress,
                desc=f"{runner.policy.name} seed {runner.seed}", dynamic_ncols=True)
