@@ -3,7 +3,8 @@
 Examples::
 
     gpjax list
-    gpjax run --config lenet300_mnist --policy growprune,tfs,nft,nest --seeds 0,1,2 --out results/mnist
+    gpjax run --config lenet300_mnist --policy growprune,tfs,nft,nest --seeds 0,1,2 \\
+        --out results/mnist
     gpjax run --config lenet300_mnist --policy growprune --epoch-scale 0.25 --rounds 3 \\
         --set prune.tolerance=0.2 --set grow_every=2 --out results/quick
     gpjax run ... --resume          # continue every (policy, seed) from its last checkpoint

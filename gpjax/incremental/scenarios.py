@@ -108,8 +108,8 @@ class Scenario:
         val = self.validation if ev is None else take(self.validation, ev[0])
         test = self.test if ev is None else take(self.test, ev[1])
         n = num_examples(self.train)
-        return Round(r, take(self.train, self.new_indices[r]), take(self.train, self.all_indices[r]),
-                     val, test, self.new_indices[r], self.all_indices[r],
+        new, all_ = take(self.train, self.new_indices[r]), take(self.train, self.all_indices[r])
+        return Round(r, new, all_, val, test, self.new_indices[r], self.all_indices[r],
                      len(self.all_indices[r]) / n, self.classes[r])
 
     def __iter__(self):
