@@ -164,11 +164,15 @@ def dead_units(masks: PyTree, *, input_fed: LeafSelector | PyTree = None) -> dic
         rows are not counted.
 
     Returns:
-      ``{path: DeadUnits(inputs, outputs)}`` for every masked leaf.
+      ``{path: DeadUnits(inputs, outputs)}`` for every masked leaf (``(0, 0)`` for masked
+      leaves of rank < 2, which have no units).
     """
     flags = _input_fed_flags(masks, input_fed)
     out = {}
     for (name, m, _), fed in zip(masked_leaves(masks), flags):
+        if m.ndim < 2:  # not a kernel (a masked bias, say): no units to lose
+            out[name] = DeadUnits(0, 0)
+            continue
         m3 = np.asarray(unit_view(m))
         dead_out = int(np.sum(~m3.any(axis=(0, 1))))
         dead_in = 0 if fed else int(np.sum(~m3.any(axis=(0, 2))))

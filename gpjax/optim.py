@@ -86,6 +86,7 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
         if masks is None or params is None:
             raise ValueError("gpjax.masked(...).update needs params and masks: "
                              "tx.update(grads, state, params, masks=masks)")
+        M.check_masks(params, masks)  # structure, shapes, bool dtype: trace-time only
         full = M.full_masks(masks, params)
         newly_on = jax.tree.map(lambda m, prev: m & ~prev, full, state.previous_masks)
         inner_state = _reset_where(state.inner_state, newly_on, jax.tree.structure(params))

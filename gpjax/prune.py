@@ -14,6 +14,8 @@ spatial positions included for convolutions (so each conv output and input chann
 Where the threshold would empty a unit, its largest-magnitude active connection is kept. Network
 inputs (pixels, audio features) are not neurons: rows of kernels marked ``input_fed`` may empty.
 A unit that had no active connection before pruning cannot be saved by pruning; growth can.
+Masked leaves of rank < 2 (selectable with ``init_masks(prunable=...)``) are not kernels: they
+have no units to protect and are pruned by the threshold alone.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _prune(params, masks, percentile, recoverable, scope, input_fed):
         m, p = mflat[i], pflat[i]
         mag = jnp.abs(p).astype(jnp.float32)
         keep = m & ((mag > t) | (n == 0))
-        if recoverable:
+        if recoverable and p.ndim >= 2:  # rank < 2 (a masked bias, say) has no units
             shape = keep.shape
             k3, m3, a3 = M.unit_view(keep), M.unit_view(m), M.unit_view(mag)
             k3 = _keep_best(k3, m3, a3, axis=2)

@@ -69,3 +69,16 @@ class CompileCounter:
 @pytest.fixture
 def compiles():
     return CompileCounter()
+
+
+@pytest.fixture(autouse=True)
+def _report_compiles(request):
+    """With GPJAX_TEST_COMPILES=1, prints how many XLA compilations each test triggered."""
+    import os
+
+    if not os.environ.get("GPJAX_TEST_COMPILES"):
+        yield
+        return
+    start = _COMPILES[0]
+    yield
+    print(f"\n[compiles] {request.node.nodeid}: {_COMPILES[0] - start}")

@@ -50,9 +50,9 @@ def _ref_grow_sets(grads, masks, p, scope):
 
 
 @given(seed=st.integers(0, 2**31 - 1), p=st.integers(0, 100),
-       density=st.sampled_from([0.0, 0.2, 0.5, 0.9]), scope=st.sampled_from(["layer", "global"]),
-       init=st.sampled_from(["descent", "patent"]))
-def test_grow_matches_numpy_reference_and_touches_only_dormant(seed, p, density, scope, init):
+       density=st.sampled_from([0.0, 0.2, 0.5, 0.9]), scope=st.sampled_from(["layer", "global"]))
+def test_grow_matches_numpy_reference_and_touches_only_dormant(seed, p, density, scope):
+    init = "descent"  # init="patent" (the same set, the opposite sign): see the next test
     rng = np.random.default_rng(seed)
     params = _tree(rng)
     masks = _masks(rng, params, density)
@@ -255,7 +255,8 @@ def _mlp_problem(dtype):
 def _reference_mean_grad(loss, params, masks, batches):
     eff = gpjax.apply_masks(params, masks)
     n = batches["x"].shape[0]
-    gs = [jax.grad(loss)(eff, {"x": batches["x"][i], "y": batches["y"][i]}) for i in range(n)]
+    grad = jax.jit(jax.grad(loss))  # one compilation instead of one per eager op
+    gs = [grad(eff, {"x": batches["x"][i], "y": batches["y"][i]}) for i in range(n)]
     return jax.tree.map(lambda *g: sum(g) / n, *gs)
 
 
@@ -275,9 +276,7 @@ def test_accumulate_gradients_float64_equals_mean_of_per_batch_grads():
         streamed = gpjax.accumulate_gradients(loss, params, masks, it)
         chex.assert_trees_all_close(streamed, ref, rtol=1e-12, atol=1e-14)
         # The gradient is taken at W * M: not the gradient at W.
-        at_w = jax.tree.map(lambda *g: sum(g) / 6, *[
-            jax.grad(loss)(params, {"x": batches["x"][i], "y": batches["y"][i]})
-            for i in range(6)])
+        at_w = _reference_mean_grad(loss, params, gpjax.init_masks(params), batches)
         assert not np.allclose(at_w["l2"]["kernel"], ref["l2"]["kernel"])
     assert jnp.zeros(()).dtype == jnp.float32  # x64 did not leak
 

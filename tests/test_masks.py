@@ -152,3 +152,9 @@ def test_masks_structure_mismatch_names_the_leaf(fn):
         call(bad_shape)
     with pytest.raises(ValueError, match=r"Dense_0/kernel.*(dtype|bool)"):
         call(bad_dtype)
+
+
+def test_dead_units_on_a_masked_rank1_leaf():
+    m = gpjax.init_masks({"k": jnp.ones((3, 2)), "b": jnp.ones(2)}, prunable=["*"])
+    m = {**m, "b": jnp.zeros(2, bool)}
+    assert gpjax.dead_units(m) == {"b": gpjax.DeadUnits(0, 0), "k": gpjax.DeadUnits(0, 0)}

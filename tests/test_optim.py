@@ -85,8 +85,8 @@ def test_grown_weight_starts_with_zero_adam_moments():
         mu={**mu0, "out": {"kernel": mu0["out"]["kernel"].at[i, j].set(0.0)}},
         nu={**nu0, "out": {"kernel": nu0["out"]["kernel"].at[i, j].set(0.0)}})
     masked_g = jax.tree.map(jnp.asarray, _masked_np(g, on))
-    ref_u, _ = optax.adam(lr, b1=b1, b2=b2, eps=eps).update(
-        masked_g, (fresh, inner_before[1]), params)
+    adam_update = jax.jit(optax.adam(lr, b1=b1, b2=b2, eps=eps).update)
+    ref_u, _ = adam_update(masked_g, (fresh, inner_before[1]), params)
     np.testing.assert_allclose(u["out"]["kernel"][i, j], ref_u["out"]["kernel"][i, j], rtol=1e-6)
     count = int(fresh.count) + 1
     m_hat = (1 - b1) * gij / (1 - b1**count)
@@ -94,7 +94,7 @@ def test_grown_weight_starts_with_zero_adam_moments():
     np.testing.assert_allclose(u["out"]["kernel"][i, j], -lr * m_hat / (np.sqrt(v_hat) + eps),
                                rtol=1e-5)
     # Other active entries kept their moments (no reset): their update matches the plain inner.
-    u_plain, _ = optax.adam(lr, b1=b1, b2=b2, eps=eps).update(masked_g, inner_before, params)
+    u_plain, _ = adam_update(masked_g, inner_before, params)
     m_on = np.asarray(on["out"]["kernel"]).copy()
     m_on[i, j] = False
     np.testing.assert_allclose(np.asarray(u["out"]["kernel"])[m_on],
@@ -183,6 +183,14 @@ def test_masked_requires_masks_and_params():
         tx.update(g, state, params)
     with pytest.raises(ValueError, match="params"):
         tx.update(g, state, masks=masks)
+    bad = {**masks, "out": {"kernel": masks["out"]["kernel"].astype(jnp.float32)}}
+    with pytest.raises(ValueError, match=r"out/kernel.*bool"):
+        tx.update(g, state, params, masks=bad)
+    bad = {**masks, "out": {"kernel": masks["out"]["kernel"][:, :2]}}
+    with pytest.raises(ValueError, match=r"out/kernel.*shape"):
+        jax.jit(lambda g, s, p, m: tx.update(g, s, p, masks=m))(g, state, params, bad)
+    with pytest.raises(ValueError, match="out/kernel"):
+        tx.update(g, state, params, masks={"dense": masks["dense"]})
     assert isinstance(tx, optax.GradientTransformationExtraArgs)
     assert isinstance(state, gpjax.MaskedState)
 
@@ -228,7 +236,7 @@ def test_forward_on_w_equals_forward_on_w_times_m():
     * the gradient at W equals the gradient w.r.t. the effective weights at W * M (everywhere),
       and the gradient through apply_masks equals it on active entries;
     * a masked train step with the forward pass on W directly gives the same params as one
-      computed on apply_masks(W, M), through growth and pruning events.
+      computed on apply_masks(W, M), through growth and pruning events (mask changes).
     """
     rng, params, masks = _setup(4)
     params = gpjax.apply_masks(params, masks)
@@ -258,17 +266,33 @@ def test_forward_on_w_equals_forward_on_w_times_m():
         return step
 
     train_batches = _batches(rng, 30)
-    grow_batches = _batches(rng, 2)
+    flip = {k: rng.random(masks[k]["kernel"].shape) < 0.3 for k in ("dense", "out")}
+    new_w = {k: rng.standard_normal(masks[k]["kernel"].shape).astype(np.float32)
+             for k in ("dense", "out")}
+
+    def grow_like(p, m):  # switch on some dormant connections at small non-zero values
+        p, m = jax.tree.map(np.asarray, p), jax.tree.map(np.asarray, m)
+        for k in ("dense", "out"):
+            on = flip[k] & ~m[k]["kernel"]
+            p[k]["kernel"] = np.where(on, 1e-2 * new_w[k], p[k]["kernel"])
+            m[k]["kernel"] = m[k]["kernel"] | on
+        return jax.tree.map(jnp.asarray, p), jax.tree.map(jnp.asarray, m)
+
+    def prune_like(p, m):  # switch off some active connections (weights and masks to 0)
+        m = jax.tree.map(np.asarray, m)
+        for k in ("dense", "out"):
+            m[k]["kernel"] = m[k]["kernel"] & ~(flip[k] & (new_w[k] > 0.5))
+        m = jax.tree.map(jnp.asarray, m)
+        return gpjax.apply_masks(p, m), m
+
+    events = {10: grow_like, 20: prune_like}
     runs = []
     for direct in (True, False):
         step = make_step(direct)
         p, m, s = params, masks, tx.init(params)
         for t, b in enumerate(train_batches):
-            if t == 10:
-                g = gpjax.accumulate_gradients(_loss, p, m, iter(grow_batches))
-                p, m = gpjax.grow(p, m, g, percentile=70, learning_rate=1e-2)
-            if t == 20:
-                p, m = gpjax.prune(p, m, percentile=20)
+            if t in events:  # growth / pruning events: masks (and new weights) change
+                p, m = events[t](p, m)
             p, s = step(p, s, m, b)
             assert gpjax.dormant_is_zero(p, m)
         runs.append((p, m))

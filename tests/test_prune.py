@@ -97,7 +97,7 @@ def _check_recoverable_step(params, masks, q, m, p, scope):
             assert is_max[spared].all()
 
 
-@settings(max_examples=20)
+@settings(max_examples=15)
 @given(cfg=st.sampled_from(range(len(_CONFIGS))), seed=st.integers(0, 2**31 - 1),
        steps=st.lists(st.tuples(st.integers(0, 100), st.sampled_from(["layer", "global"])),
                       min_size=3, max_size=8))
@@ -238,3 +238,17 @@ def test_changing_masks_never_recompiles_prune(compiles):
         jax.block_until_ready(m2)
     assert compiles.count == 0
     assert prune_mod._prune._cache_size() == size
+
+
+def test_masked_rank1_leaf_is_pruned_by_threshold_without_unit_protection():
+    # prunable patterns may select a bias; it has no units, and recoverable pruning must not fail.
+    params = {"k": jnp.arange(12.0).reshape(3, 4) - 5.5, "b": jnp.arange(4.0) - 1.0}
+    masks = gpjax.init_masks(params, prunable=["*"])
+    for rec in (True, False):
+        q, m = gpjax.prune(params, masks, percentile=50, recoverable=rec)
+        b = np.abs(np.asarray(params["b"], np.float64))
+        np.testing.assert_array_equal(m["b"], b > np.percentile(b, 50))
+        assert gpjax.dormant_is_zero(q, m)
+    q, m = gpjax.prune(params, masks, percentile=100)
+    assert not np.asarray(m["b"]).any()
+    assert gpjax.dead_units(m) == {"b": gpjax.DeadUnits(0, 0), "k": gpjax.DeadUnits(0, 0)}
