@@ -281,6 +281,10 @@ for n in (4, 1):
     out[n] = {"rows": [{k: r[k] for k in ("test_error", "val_error", "params_recoverable",
                                           "epochs", "devices")} for r in rows],
               "params": final["params"]}
+# The 4-device run's checkpoints restore on 1 device (different mesh): nothing left to run.
+again = run(exp, pol, 0, sys.argv[1] + "/d4", resume=True, progress=False,
+            devices=jax.devices()[:1])
+out["resumed"] = [r["test_error"] for r in again]
 json.dump(out, open(sys.argv[1] + "/out.json", "w"))
 """
 
@@ -293,6 +297,7 @@ def test_four_devices_match_one(tmp_path, cache_dir):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     four, one = out["4"]["rows"], out["1"]["rows"]
+    assert out["resumed"] == [r["test_error"] for r in four]
     assert [r["devices"] for r in four] == [4] and [r["devices"] for r in one] == [1]
     for a, b in zip(four, one, strict=True):
         # Float tolerance: reduction order differs across devices; on 100-200 evaluation
