@@ -84,9 +84,11 @@ def init_masks(
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if density < 1.0 and key is None:
-        raise ValueError("init_masks(density < 1) draws a random mask: pass key=jax.random.key(seed)")
+        raise ValueError("init_masks(density < 1) draws a random mask: "
+                         "pass key=jax.random.key(seed)")
     chooser = (lambda name, leaf: is_kernel(leaf)) if prunable is None else (
-        lambda name, leaf, sel=_selector(prunable, "prunable"): sel(name) and hasattr(leaf, "shape"))
+        lambda name, leaf, sel=_selector(prunable, "prunable"):
+        sel(name) and hasattr(leaf, "shape"))
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     out = []
     for i, (path, leaf) in enumerate(flat):

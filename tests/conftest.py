@@ -8,10 +8,9 @@ import jax
 import pytest
 from hypothesis import settings
 
-# Small, deterministic-enough property tests: the suite must stay fast on 2 shared CPU cores.
-settings.register_profile("gpjax", max_examples=30, deadline=None, derandomize=True,
-                          print_blob=True)
-settings.load_profile("gpjax")
+# Settings for the core's property tests (applied per test, not as a global profile, so other
+# test files keep their own): small and deterministic, the suite must stay fast on 2 CPU cores.
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, print_blob=True)
 
 
 @contextlib.contextmanager

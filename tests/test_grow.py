@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import x64
+from conftest import PROPERTY, x64
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,6 +49,7 @@ def _ref_grow_sets(grads, masks, p, scope):
     return {n: ~np.asarray(masks[n[0]][n[1]]) & (gs[n] >= ts[n]) & (gs[n] > 0) for n in names}
 
 
+@PROPERTY
 @given(seed=st.integers(0, 2**31 - 1), p=st.integers(0, 100),
        density=st.sampled_from([0.0, 0.2, 0.5, 0.9]), scope=st.sampled_from(["layer", "global"]))
 def test_grow_matches_numpy_reference_and_touches_only_dormant(seed, p, density, scope):
@@ -325,7 +326,6 @@ def test_changing_masks_never_recompiles_grow_or_accumulate(compiles):
     rng = np.random.default_rng(7)
     params, _, loss, batches = _mlp_problem(jnp.float32)
     mask_list = [_masks(rng, params, d) for d in (0.1, 0.5, 0.9, 0.3)]
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     pct = [10.0, 50, 90, 0]
 
     def stream():

@@ -147,7 +147,7 @@ def test_sgd_momentum_and_weight_decay():
                        "bias": w["dense"]["bias"]},
              "out": {"kernel": np.where(seq[0]["out"]["kernel"], w["out"]["kernel"], 0)}}
         trace = jax.tree.map(np.zeros_like, w)
-        for t, (m, g, (u, p_new)) in enumerate(zip(seq, grads, out)):
+        for t, (m, g, (_, p_new)) in enumerate(zip(seq, grads, out)):
             assert gpjax.dormant_is_zero(p_new, m), name
             if name not in ("sgd", "momentum", "wd"):
                 continue
@@ -217,7 +217,7 @@ def test_changing_masks_never_recompiles_the_train_step(compiles):
 
     state = tx.init(params)
     batches = _batches(rng, 8)
-    mask_list = [jax.tree.map(lambda m: None if m is None else jnp.asarray(
+    mask_list = [jax.tree.map(lambda m, d=d: None if m is None else jnp.asarray(
         rng.random(m.shape) < d), masks, is_leaf=lambda x: x is None) for d in (0.2, 0.6, 0.9)]
     params, state, _ = train_step(params, state, masks, batches[0])  # warm-up
     with compiles:

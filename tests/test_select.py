@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PROPERTY
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -59,6 +60,7 @@ def _gp_sets(x, p, valid=None):
     return a >= np.float32(up), a <= np.float32(lo)
 
 
+@PROPERTY
 @given(x=hnp.arrays(np.float32, st.integers(1, 300), elements=_FLOATS), p=st.integers(0, 100))
 def test_percentile_sets_match_numpy(x, p):
     ge, le = _gp_sets(x, p)
@@ -67,6 +69,7 @@ def test_percentile_sets_match_numpy(x, p):
     np.testing.assert_array_equal(le, rle)
 
 
+@PROPERTY
 @given(x=hnp.arrays(np.float32, st.integers(1, 200),
                     elements=st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 1e-30, 3.5])),
        p=st.integers(0, 100))
@@ -77,6 +80,7 @@ def test_percentile_sets_with_many_ties(x, p):
     np.testing.assert_array_equal(le, rle)
 
 
+@PROPERTY
 @given(data=st.data(), n=st.integers(1, 300), p=st.integers(0, 100))
 def test_percentile_over_valid_entries_only(data, n, p):
     x = data.draw(hnp.arrays(np.float32, n, elements=_FLOATS))
@@ -88,6 +92,7 @@ def test_percentile_over_valid_entries_only(data, n, p):
     np.testing.assert_array_equal(le[v], rle)
 
 
+@PROPERTY
 @given(x=hnp.arrays(np.float32, st.integers(1, 500), elements=_FLOATS), data=st.data())
 def test_kth_smallest_is_the_sorted_value(x, data):
     k = data.draw(st.integers(0, x.size - 1))
@@ -136,6 +141,7 @@ _SHAPES = st.lists(st.tuples(st.integers(1, _SIDE), st.integers(1, _SIDE)), min_
                    max_size=_SLOTS)
 
 
+@PROPERTY
 @given(shapes=_SHAPES, p=st.integers(0, 100), seed=st.integers(0, 2**31 - 1))
 def test_global_thresholds_match_concatenated_numpy(shapes, p, seed):
     xs, vs = _slots(seed, shapes, 0.7)
@@ -150,6 +156,7 @@ def test_global_thresholds_match_concatenated_numpy(shapes, p, seed):
             np.testing.assert_array_equal(got, a >= rt if upper else a <= rt)
 
 
+@PROPERTY
 @given(shapes=_SHAPES, p=st.integers(0, 100), seed=st.integers(0, 2**31 - 1))
 def test_layer_thresholds_match_numpy_per_tensor(shapes, p, seed):
     xs, vs = _slots(seed, shapes, 0.7)
