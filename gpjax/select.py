@@ -92,10 +92,18 @@ def percentile_rank(percentile: jax.Array, n: jax.Array, *, upper: bool) -> jax.
     Returns:
       int32 index k with ``0 <= k <= max(n - 1, 0)``.
     """
-    # Multiply before dividing: exact whenever p * (n - 1) is an integer below 2**24.
-    q = jnp.asarray(percentile, jnp.float32) * (jnp.asarray(n, jnp.float32) - 1.0) / 100.0
-    k = jnp.ceil(q) if upper else jnp.floor(q)
-    return jnp.clip(k.astype(jnp.int32), 0, jnp.maximum(jnp.asarray(n, jnp.int32) - 1, 0))
+    p = jnp.asarray(percentile, jnp.float32)
+    n = jnp.asarray(n, jnp.int32)
+    n1 = jnp.maximum(n - 1, 0)
+    # Integer percentiles (the usual case) in exact int32 arithmetic: q = p (n - 1) / 100.
+    p_int = jnp.round(p).astype(jnp.int32)
+    num = p_int * n1                                    # exact while n - 1 < 2**31 / 100
+    k_int = num // 100 + ((num % 100 != 0) & upper).astype(jnp.int32)
+    # Anything else in float32 (XLA may turn / 100 into * 0.01: one rank off near integers).
+    q = p * n1.astype(jnp.float32) / 100.0
+    k_float = (jnp.ceil(q) if upper else jnp.floor(q)).astype(jnp.int32)
+    exact = (p == p_int.astype(jnp.float32)) & (n1 < 21_474_836)
+    return jnp.clip(jnp.where(exact, k_int, k_float), 0, n1)
 
 
 def thresholds(

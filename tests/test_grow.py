@@ -213,11 +213,6 @@ def test_nonfinite_skip_never_grows_those_entries():
         gpjax.grow(params, masks, grads, percentile=0, learning_rate=0.1, nonfinite="zero")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gpjax.select.percentile_rank computes q = p * (n - 1) / 100 in float32 inside jit, where "
-    "XLA turns the division into a multiplication by 0.01f; for q > 2**17 that can round q "
-    "down to an integer, so ceil(q) is one too small and one connection too many grows "
-    "(owner: select.py)"))
 @pytest.mark.parametrize("shape,p", [((4, 35501), 67), ((32, 5185), 79)])
 def test_grow_percentile_rank_exact_on_a_large_tensor(shape, p):
     """n = 142004, p = 67: q = 95142.67; n = 165920, p = 79: q = 131076.01 (both < 2**24 / 100).

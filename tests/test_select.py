@@ -172,14 +172,8 @@ def test_layer_thresholds_match_numpy_per_tensor(shapes, p, seed):
             np.testing.assert_array_equal(got, a >= rt if upper else a <= rt)
 
 
-_JIT_RANK_BUG = pytest.mark.xfail(strict=True, reason=(
-    "percentile_rank's float32 q = p * (n - 1) / 100 is compiled by XLA as a multiplication by "
-    "0.01f, so ceil(q) is off by one for some q > 2**17 (e.g. n=132400, p=99)"))
-
-
 @pytest.mark.parametrize("n", [1, 2, 3, 101, 1000, 99_999,
-                               pytest.param(132_400, marks=_JIT_RANK_BUG),
-                               pytest.param(167_000, marks=_JIT_RANK_BUG)])
+                               132_400, 167_000, 2_000_001])
 def test_percentile_rank_matches_exact_integer_arithmetic(n):
     # q = p (n - 1) / 100 exactly; floor and ceil must be exact in the documented domain.
     ps = jnp.arange(101, dtype=jnp.float32)
