@@ -113,12 +113,17 @@ class OptimizerConfig:
       momentum: SGD momentum.
       nesterov: Nesterov momentum for SGD.
       weight_decay: L2 (SGD) or decoupled (Adam) weight decay.
+      clip_norm: clip each step's gradient to this global norm first (None: no clipping). A
+        class-incremental round can start from a model whose loss on the merged data is ~100
+        (it was just trained on one new class); at lr 0.1 its first steps diverge to NaN
+        without clipping.
     """
 
     name: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
+    clip_norm: float | None = None
 
 
 def scale_by_learning_rate_arg() -> optax.GradientTransformationExtraArgs:
@@ -140,12 +145,14 @@ def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTr
 
     Create it once per run: it is a static argument of the jitted epoch.
     """
+    clip = () if cfg.clip_norm is None else (optax.clip_by_global_norm(cfg.clip_norm),)
     if cfg.name == "sgd":
-        inner = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+        inner = optax.chain(*clip, optax.add_decayed_weights(cfg.weight_decay),
                             optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov),
                             scale_by_learning_rate_arg())
     elif cfg.name == "adam":
-        inner = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay),
+        inner = optax.chain(*clip, optax.scale_by_adam(),
+                            optax.add_decayed_weights(cfg.weight_decay),
                             scale_by_learning_rate_arg())
     else:
         raise ValueError(f"optimizer name must be 'sgd' or 'adam', got {cfg.name!r}")
