@@ -648,7 +648,7 @@ def make_config(args: argparse.Namespace) -> Config:
     if args.tiny:
         cfg = Config(hidden=(32, 16), batch_sizes=(16,), num_train=512, optimizers=("sgd",),
                      accumulate_batches=(512,),
-                     kernel_shapes=((3, 3, 2, 4), (3, 3, 4, 8), (1, 1, 4, 8), (32, 10)),
+                     kernel_shapes=((3, 3, 2, 4), (16, 10)),
                      tiny=True)
     if args.quick:
         cfg.repeats, cfg.max_steps = 2, 20
