@@ -13,6 +13,8 @@ Cache directory: ``$GPJAX_DATA_DIR`` or ``~/.cache/gpjax``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -134,7 +136,24 @@ def _from_tfds() -> dict[str, np.ndarray] | None:
     return out
 
 
+@contextlib.contextmanager
+def _locked(cache: Path):
+    """An exclusive lock on the cache directory (parallel test workers, concurrent runs)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".mnist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _cached_arrays(cache: Path) -> tuple[dict[str, np.ndarray], str]:
+    with _locked(cache):
+        return _cached_arrays_unlocked(cache)
+
+
+def _cached_arrays_unlocked(cache: Path) -> tuple[dict[str, np.ndarray], str]:
     npz = cache / NPZ_NAME
     if npz.exists():
         try:
