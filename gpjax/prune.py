@@ -41,11 +41,16 @@ def _keep_best(keep: jax.Array, mask: jax.Array, mag: jax.Array, axis: int) -> j
     """
     other = tuple(a for a in (0, 1, 2) if a != axis)
     emptied = mask.any(axis=other) & ~keep.any(axis=other)                 # [units]
-    score = jnp.moveaxis(jnp.where(mask, mag, -1.0), axis, -1)
-    flat = score.reshape(-1, score.shape[-1])                               # [rest, units]
-    best = jax.nn.one_hot(jnp.argmax(flat, axis=0), flat.shape[0], axis=0, dtype=bool)
-    best = jnp.moveaxis(best.reshape(score.shape), -1, axis)
-    return keep | (best & jnp.expand_dims(emptied, other))
+
+    def restore(keep: jax.Array) -> jax.Array:
+        score = jnp.moveaxis(jnp.where(mask, mag, -1.0), axis, -1)
+        flat = score.reshape(-1, score.shape[-1])                           # [rest, units]
+        best = jax.nn.one_hot(jnp.argmax(flat, axis=0), flat.shape[0], axis=0, dtype=bool)
+        best = jnp.moveaxis(best.reshape(score.shape), -1, axis)
+        return keep | (best & jnp.expand_dims(emptied, other))
+
+    # Usually no unit empties (a few percent pruned per iteration): skip the full-size search.
+    return jax.lax.cond(jnp.any(emptied), restore, lambda k: k, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("recoverable", "scope", "input_fed"))
