@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cer", "edit_distance", "greedy_ctc_decode", "wer"]
+__all__ = ["cer", "edit_distance", "greedy_ctc_decode", "masked_edit_distance", "wer"]
 
 
 @jax.jit
@@ -164,3 +164,25 @@ def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     _check_pairs(references, hypotheses, "cer")
     pairs = [(_normalise(r), _normalise(h)) for r, h in zip(references, hypotheses, strict=True)]
     return _error_rate(pairs, "cer", "characters")
+
+
+def masked_edit_distance(hyp: jax.Array, hyp_valid: jax.Array, ref: jax.Array,
+                         ref_len: jax.Array) -> jax.Array:
+    """Edit distance between the valid entries of ``hyp [T]`` and ``ref[:ref_len]`` (jittable).
+
+    Rows of the DP table are computed per hypothesis symbol (skipped where not valid); the
+    in-row insertion chain is a cumulative minimum: ``row[j] = min_k (tmp[k] + j - k)``.
+    """
+    L = ref.shape[0]
+    j = jnp.arange(L + 1, dtype=jnp.float32)
+    row0 = j
+
+    def step(prev, inp):
+        i, sym, ok = inp
+        cost = (ref != sym).astype(jnp.float32)
+        tmp = jnp.concatenate([prev[:1] + 1, jnp.minimum(prev[1:] + 1, prev[:-1] + cost)])
+        row = jax.lax.cummin(tmp - j) + j
+        return jnp.where(ok, row, prev), None
+
+    last, _ = jax.lax.scan(step, row0, (jnp.arange(hyp.shape[0]), hyp, hyp_valid))
+    return jnp.take(last, ref_len)

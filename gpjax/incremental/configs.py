@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpjax.incremental.scenarios import Scenario, class_incremental, data_incremental, take
+from gpjax.metrics import masked_edit_distance
 from gpjax.train import OptimizerConfig, Task, classifier_task
 
 PyTree = Any
@@ -270,28 +271,6 @@ def _make_model(cfg: ExperimentConfig):
     raise ValueError(f"unknown model {cfg.model!r}")
 
 
-def _levenshtein(hyp: jax.Array, hyp_valid: jax.Array, ref: jax.Array,
-                 ref_len: jax.Array) -> jax.Array:
-    """Edit distance between the valid entries of ``hyp [T]`` and ``ref[:ref_len]`` (jittable).
-
-    Rows of the DP table are computed per hypothesis symbol (skipped where not valid); the
-    in-row insertion chain is a cumulative minimum: ``row[j] = min_k (tmp[k] + j - k)``.
-    """
-    L = ref.shape[0]
-    j = jnp.arange(L + 1, dtype=jnp.float32)
-    row0 = j
-
-    def step(prev, inp):
-        i, sym, ok = inp
-        cost = (ref != sym).astype(jnp.float32)
-        tmp = jnp.concatenate([prev[:1] + 1, jnp.minimum(prev[1:] + 1, prev[:-1] + cost)])
-        row = jax.lax.cummin(tmp - j) + j
-        return jnp.where(ok, row, prev), None
-
-    last, _ = jax.lax.scan(step, row0, (jnp.arange(hyp.shape[0]), hyp, hyp_valid))
-    return jnp.take(last, ref_len)
-
-
 def _speech_task(model) -> Task:
     from gpjax.models import BLANK_ID, ctc_loss
 
@@ -321,7 +300,7 @@ def _speech_task(model) -> Task:
         prev = jnp.concatenate([jnp.full_like(best[:, :1], -1), best[:, :-1]], 1)
         valid = (best != BLANK_ID) & (best != prev) & (lp < 0.5)
         ref_len = jnp.sum(1.0 - lpads, 1).astype(jnp.int32)
-        dist = jax.vmap(_levenshtein)(best, valid, labels, ref_len)
+        dist = jax.vmap(masked_edit_distance)(best, valid, labels, ref_len)
         return dist / jnp.maximum(ref_len, 1).astype(jnp.float32)
 
     return Task(init, loss, frozen_loss, example_errors, tuple(model.input_kernels))
