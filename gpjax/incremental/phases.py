@@ -45,12 +45,16 @@ class PhaseLog:
       epochs: epochs run over this phase's data.
       examples: training examples processed (gradient evaluation included).
       events: one dict per epoch or pruning iteration (loss, val error, params...).
+      stopped: why a pruning phase ended: "patience" (``patience`` failed recoveries in a
+        row), "target" (``target_params`` reached), "exhausted" (nothing left that may be
+        pruned) or "max_iterations"; "" for other phases.
     """
 
     name: str
     epochs: float = 0.0
     examples: int = 0
     events: list[dict] = dataclasses.field(default_factory=list)
+    stopped: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,15 +231,18 @@ def prune_and_retrain(
     bar.update(start_iteration)
     input_fed = trainer.task.input_kernels
     active = gpjax.count_params(state.masks).active
+    log.stopped = "max_iterations"
     for it in range(start_iteration, cfg.max_iterations):
         if cfg.target_params is not None and active <= cfg.target_params:
+            log.stopped = "target"
             break
         params, masks = gpjax.prune(state.params, state.masks, percentile=cfg.percentile,
                                     recoverable=cfg.recoverable, scope=cfg.scope,
                                     input_fed=input_fed)
         new_active = gpjax.count_params(masks).active
         if new_active >= active:
-            break  # nothing left that may be pruned
+            log.stopped = "exhausted"  # nothing left that may be pruned
+            break
         active = new_active
         state = state._replace(params=params, masks=masks)
         err = trainer.error(state, validation)
@@ -260,6 +267,7 @@ def prune_and_retrain(
         bar.set_postfix(active=active, err=f"{100 * err:.2f}%", fails=fails)
         bar.update()
         if fails >= cfg.patience:
+            log.stopped = "patience"
             break
     bar.close()
     return best, log
