@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gpjax.data import stream
 from gpjax.grow import accumulate_gradients
 from gpjax.optim import masked
 
@@ -178,8 +179,8 @@ class TrainState(NamedTuple):
 
 
 def num_examples(data: PyTree) -> int:
-    """Size of the leading (example) axis of a data pytree."""
-    return int(jax.tree.leaves(data)[0].shape[0])
+    """Examples in ``data``: the leading axis of an array pytree, or a streamed split's length."""
+    return stream.num_examples(data)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -198,18 +199,14 @@ def cosine_rates(lr: float, steps: int, *, start: int = 0, total: int | None = N
     return (lr * 0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size", "batch_sharding"),
-                   donate_argnums=(0,))
-def _train_epoch(carry, masks, key, data, rates, task: Task, tx, batch_size: int,
-                 batch_sharding=None):
-    # carry = (params, aux, opt_state) is donated; masks are not (callers keep them).
-    n = jax.tree.leaves(data)[0].shape[0]
-    bs = min(batch_size, n)
-    steps = rates.shape[0]
+def _epoch_keys(key: jax.Array, n: int, steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The next key, the epoch's permutation ``[n]`` and per-step keys ``[steps]``."""
     key, k_perm, k_steps = jax.random.split(key, 3)
-    order = jax.random.permutation(k_perm, n)
-    # Steps beyond one pass (rates longer than n // bs) wrap around the permutation.
-    idx = jnp.take(order, jnp.arange(steps * bs) % n).reshape(steps, bs)
+    return key, jax.random.permutation(k_perm, n), jax.random.split(k_steps, steps)
+
+
+def _scan_steps(carry, masks, data, idx, rates, step_keys, task: Task, tx, batch_sharding):
+    """Masked steps on the batches ``data[idx[s]]``, one per row of ``idx`` (``lax.scan``)."""
     grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
     def step(carry, inp):
@@ -222,8 +219,34 @@ def _train_epoch(carry, masks, key, data, rates, task: Task, tx, batch_size: int
         updates, opt_state = tx.update(g, opt_state, params, masks=masks, learning_rate=lr)
         return (optax.apply_updates(params, updates), aux, opt_state), loss
 
-    carry, losses = jax.lax.scan(step, carry, (idx, rates, jax.random.split(k_steps, steps)))
-    return carry, key, jnp.mean(losses)
+    carry, losses = jax.lax.scan(step, carry, (idx, rates, step_keys))
+    return carry, jnp.mean(losses)
+
+
+@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size", "batch_sharding"),
+                   donate_argnums=(0,))
+def _train_epoch(carry, masks, key, data, rates, task: Task, tx, batch_size: int,
+                 batch_sharding=None):
+    # carry = (params, aux, opt_state) is donated; masks are not (callers keep them).
+    n = jax.tree.leaves(data)[0].shape[0]
+    bs = min(batch_size, n)
+    steps = rates.shape[0]
+    key, order, step_keys = _epoch_keys(key, n, steps)
+    # Steps beyond one pass (rates longer than n // bs) wrap around the permutation.
+    idx = jnp.take(order, jnp.arange(steps * bs) % n).reshape(steps, bs)
+    carry, loss = _scan_steps(carry, masks, data, idx, rates, step_keys, task, tx,
+                              batch_sharding)
+    return carry, key, loss
+
+
+@functools.partial(jax.jit, static_argnames=("task", "tx", "batch_sharding"),
+                   donate_argnums=(0,))
+def _train_block(carry, masks, block, rates, step_keys, task: Task, tx, batch_sharding=None):
+    # A streamed block: its examples are the next ``steps`` batches, already in order.
+    steps = rates.shape[0]
+    n = jax.tree.leaves(block)[0].shape[0]
+    idx = jnp.arange(n).reshape(steps, n // steps)
+    return _scan_steps(carry, masks, block, idx, rates, step_keys, task, tx, batch_sharding)
 
 
 def train_epoch(
@@ -235,13 +258,19 @@ def train_epoch(
     tx: optax.GradientTransformationExtraArgs,
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
+    max_block_bytes: int = stream.MAX_BLOCK_BYTES,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of masked training: a jitted scan over a seeded permutation of ``data``.
+
+    A streamed split (:mod:`gpjax.data.stream`, e.g. ImageNet) is walked in blocks of whole
+    mini-batches instead: the permutation is drawn from the state's key on the host, each block
+    (made with the split's training augmentation, seeded from that key too) is one jitted scan,
+    the next block is made while the device runs the current one.
 
     Args:
       state: the training state; its params, aux and optimiser state are donated (do not
         reuse those arrays), its masks are not.
-      data: pytree of arrays with leading example axis ``N``.
+      data: pytree of arrays with leading example axis ``N``, or a streamed split of ``N``.
       rates: learning rate per step, ``[steps]`` (usually ``steps_per_epoch(N, batch_size)``).
       task: the model's :class:`Task`.
       tx: the optimiser from :func:`make_optimizer`.
@@ -249,14 +278,46 @@ def train_epoch(
       batch_sharding: optional sharding of each mini-batch (e.g. ``NamedSharding(mesh,
         P("batch"))``) for data parallelism: parameters replicated, the batch split, gradients
         all-reduced by XLA. ``None``: whatever the inputs' shardings imply.
+      max_block_bytes: host memory of one streamed block (streamed splits only).
 
     Returns:
       ``(state, mean training loss)``; the loss stays on device (check it for NaN when needed).
     """
-    (params, aux, opt_state), key, loss = _train_epoch(
-        (state.params, state.aux, state.opt_state), state.masks, state.key, data,
-        jnp.asarray(rates, jnp.float32), task, tx, batch_size, batch_sharding)
-    return TrainState(params, state.masks, aux, opt_state, key), loss
+    rates = jnp.asarray(rates, jnp.float32)
+    carry = (state.params, state.aux, state.opt_state)
+    if not stream.is_streamed(data):
+        carry, key, loss = _train_epoch(carry, state.masks, state.key, data, rates, task, tx,
+                                        batch_size, batch_sharding)
+        return _with(state, carry, key), loss
+    n = len(data)
+    bs = min(batch_size, n)
+    steps = int(rates.shape[0])
+    # The same draws as the in-memory epoch (so both give the same run when the split's
+    # examples do not depend on rng); host augmentation has a key of its own.
+    key, order, step_keys = _epoch_keys(state.key, n, steps)
+    positions = np.asarray(order)[np.arange(steps * bs) % n]
+    rng = np.random.default_rng(_key_bits(jax.random.fold_in(state.key, 1)))
+    block = stream.block_size(data, bs, max_block_bytes)
+    total = jnp.zeros((), jnp.float32)
+    for s, part in zip(range(0, steps, block // bs),
+                       stream.iterate_blocks(data, positions, block, rng), strict=True):
+        k = num_examples(part) // bs
+        carry, loss = _train_block(carry, state.masks, part, rates[s:s + k],
+                                   step_keys[s:s + k], task, tx, batch_sharding)
+        total = total + loss * k
+    return _with(state, carry, key), total / steps
+
+
+def _with(state: TrainState, carry: tuple, key: jax.Array) -> TrainState:
+    params, aux, opt_state = carry
+    return TrainState(params, state.masks, aux, opt_state, key)
+
+
+def _key_bits(key: jax.Array) -> np.ndarray:
+    """A PRNG key (typed or raw uint32) as host integers, to seed numpy."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key, np.uint32).ravel()
 
 
 def _batched(data: PyTree, batch_size: int) -> tuple[PyTree, jax.Array]:
@@ -285,9 +346,20 @@ def _evaluate(params, aux, data, task: Task, batch_size: int):
 
 
 def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
-             batch_size: int = 1000) -> float:
-    """Mean per-example error of the model on ``data`` (a fraction in [0, 1])."""
-    return float(_evaluate(params, aux, data, task, batch_size))
+             batch_size: int = 1000, max_block_bytes: int = stream.MAX_BLOCK_BYTES) -> float:
+    """Mean per-example error of the model on ``data`` (a fraction in [0, 1]).
+
+    ``data``: a pytree of arrays ``[N, ...]`` (one jitted scan) or a streamed split (blocks of
+    whole batches of about ``max_block_bytes``, evaluation view, one scan each).
+    """
+    if not stream.is_streamed(data):
+        return float(_evaluate(params, aux, data, task, batch_size))
+    n = len(data)
+    block = stream.block_size(data, min(batch_size, n), max_block_bytes)
+    total = jnp.zeros((), jnp.float32)
+    for part in stream.iterate_blocks(data, np.arange(n), block):
+        total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
+    return float(total) / n
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,7 +376,8 @@ def growth_gradients(state: TrainState, data: PyTree, *, task: Task,
     """The epoch-mean gradient of the frozen loss w.r.t. the effective weights (for ``grow``).
 
     Uses the largest convenient batch: the mean gradient does not depend on it. The remainder
-    ``N mod B`` is left out of the mean.
+    ``N mod B`` is left out of the mean. A streamed split is streamed batch by batch (evaluation
+    view, made ahead on a worker thread) through :func:`gpjax.accumulate_gradients`.
 
     Returns:
       A pytree like ``state.params``.
@@ -312,8 +385,12 @@ def growth_gradients(state: TrainState, data: PyTree, *, task: Task,
     n = num_examples(data)
     bs = min(batch_size, n)
     steps = n // bs
-    stacked = jax.tree.map(lambda d: d[: steps * bs].reshape((steps, bs) + d.shape[1:]), data)
+    if stream.is_streamed(data):
+        batches = stream.iterate_blocks(data, np.arange(steps * bs), bs)
+    else:
+        batches = jax.tree.map(lambda d: d[: steps * bs].reshape((steps, bs) + d.shape[1:]),
+                               data)
     aux_masks = jax.tree.map(lambda _: None, state.aux)
     grads, _ = accumulate_gradients(_frozen_pair_loss(task), (state.params, state.aux),
-                                    (state.masks, aux_masks), stacked)
+                                    (state.masks, aux_masks), batches)
     return grads

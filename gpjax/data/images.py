@@ -101,6 +101,21 @@ class ImageSplit:
         """
         return self._fetch(self.indices[np.asarray(positions, dtype=np.int64)], rng)
 
+    def examples(self, positions: np.ndarray | list[int],
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels at some positions: the split as a
+        :class:`gpjax.data.stream.StreamedSplit`, so training streams it block by block.
+
+        Args:
+          positions: ``[n]`` positions in ``range(len(self))``.
+          rng: training augmentation (see :meth:`images`) or None.
+
+        Returns:
+          ``(images float32 [n, image_size, image_size, channels], labels int32 [n])``.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        return self.images(positions, rng), self.labels[positions]
+
     def subset(self, positions: np.ndarray | list[int]) -> ImageSplit:
         """The examples at ``positions`` of this split, as a split of the same kind.
 

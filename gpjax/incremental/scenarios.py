@@ -2,7 +2,8 @@
 
 A :class:`Scenario` holds a training set, a validation set (held out once, before any round)
 and a fixed test set, each a pytree of arrays with a leading example axis (e.g.
-``(images [N, 28, 28, 1], labels [N])``, or the arrays of a speech split), plus, for every
+``(images [N, 28, 28, 1], labels [N])``, or the arrays of a speech split) or a streamed split
+(:mod:`gpjax.data.stream`: ImageNet, chunked without decoding), plus, for every
 round, the indices of the training examples available in that round and of those that are new.
 
 * :func:`data_incremental`: the training set split randomly (seeded) into ``K`` equal chunks;
@@ -20,24 +21,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
+from gpjax.data.stream import num_examples, take
+
 PyTree = Any
-
-
-def num_examples(data: PyTree) -> int:
-    """Size of the leading axis of a data pytree (all leaves must agree)."""
-    sizes = {int(np.shape(x)[0]) for x in jax.tree.leaves(data)}
-    if len(sizes) != 1:
-        raise ValueError(f"data leaves disagree on the number of examples: {sorted(sizes)}")
-    return sizes.pop()
-
-
-def take(data: PyTree, indices: np.ndarray) -> PyTree:
-    """The examples at ``indices`` of every leaf (numpy fancy indexing, host side)."""
-    idx = np.asarray(indices, np.int64)
-    return jax.tree.map(lambda x: np.asarray(x)[idx], data)
 
 
 @dataclasses.dataclass(frozen=True)
