@@ -35,8 +35,13 @@ import numpy as np
 
 import gpjax
 from gpjax.incremental.configs import build, get_config
-from gpjax.incremental.phases import PruneConfig, Trainer, grow_and_train, new_state, \
-    prune_and_retrain
+from gpjax.incremental.phases import (
+    PruneConfig,
+    Trainer,
+    grow_and_train,
+    new_state,
+    prune_and_retrain,
+)
 from gpjax.train import make_optimizer
 
 # name -> (tolerance in error points, patience, retrain_lr)
@@ -210,8 +215,8 @@ def markdown(rows: list[dict], command: str) -> str:
         "# Stopping-rule sweep (recoverable pruning of LeNet-300-100 on MNIST)", "",
         f"Command: `{command}`", "",
         f"Seeds {seeds}. Per seed one dense LeNet-300-100 ({sp:,.0f} params) trained "
-        f"{r0['base_epochs']} epochs on {r0['n_train']:,} images (val {_pm(sv, sve)}%, test {_pm(st, ste)}% over "
-        "seeds) is pruned by every rule: recoverable, "
+        f"{r0['base_epochs']} epochs on {r0['n_train']:,} images (val {_pm(sv, sve)}%, "
+        f"test {_pm(st, ste)}% over seeds) is pruned by every rule: recoverable, "
         f"{r0['percentile']:g}% of active connections per iteration, at most "
         f"{r0['max_retrain_epochs']} one-epoch cosine restarts per iteration, at most "
         f"{r0['max_iterations']} iterations. Tolerance in error points on the 5K validation "

@@ -1,0 +1,153 @@
+"""The experiment scripts' logic: FIG. 6's target rule and cost ratios, the stopping-rule
+sweep's summary, the pruning stop reasons, and a ``--tiny`` end-to-end run of each script."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import fig6, stopping_rule
+from gpjax.incremental.phases import (
+    PruneConfig,
+    Trainer,
+    grow_and_train,
+    new_state,
+    prune_and_retrain,
+)
+from gpjax.models import LeNet300
+from gpjax.train import OptimizerConfig, classifier_task, make_optimizer
+
+
+def _curve(points):
+    return [{"cost": c, "pooled_error": e} for c, e in points]
+
+
+def test_cost_to_target_is_first_training_epoch_at_or_below_target():
+    curve = _curve([(0.0, 1.0), (1.1, 2.5), (2.1, 1.2), (3.2, 0.95), (4.2, 0.9)])
+    assert fig6.cost_to_target(curve, 1.2) == pytest.approx(2.1)   # "at or below"
+    assert fig6.cost_to_target(curve, 0.95) == pytest.approx(3.2)
+    assert fig6.cost_to_target(curve, 1.0) == pytest.approx(3.2)   # the start does not count
+    assert fig6.cost_to_target(curve, 0.5) is None
+
+
+def test_common_target_is_reached_by_every_arm():
+    ours = _curve([(0.0, 0.1), (0.2, 1.6), (1.2, 1.3), (2.2, 1.25)])
+    merged = _curve([(0.0, 0.1), (1.0, 1.8), (2.0, 1.4), (3.0, 1.1), (4.0, 1.2)])
+    t = fig6.common_target({"growprune": ours, "merged": merged})
+    assert t == pytest.approx(1.25)  # ours' best; merged's best (1.1) is lower; start ignored
+    assert fig6.cost_to_target(ours, t) == pytest.approx(2.2)
+    assert fig6.cost_to_target(merged, t) == pytest.approx(3.0)
+    assert fig6.ratio(3.0, 2.2) == pytest.approx(3.0 / 2.2)
+    assert fig6.ratio(None, 2.2) is None and fig6.ratio(3.0, None) is None
+
+
+def test_mean_se():
+    m, s, n = fig6.mean_se([1.0, 3.0, None])
+    assert (m, n) == (2.0, 2) and s == pytest.approx(1.0)
+    assert stopping_rule.mean_se([2.0]) == (2.0, 0.0)
+    assert all(math.isnan(x) for x in stopping_rule.mean_se([]))
+
+
+def test_stopping_rule_summary_aggregates_per_rule():
+    base = {"start_test_error": 1.2, "iterations": 5, "failed_iterations": 1,
+            "retrain_epochs": 3.0, "final_val_error": 1.3, "tolerance": 0.1, "patience": 2,
+            "retrain_lr": 0.05}
+    rows = [{**base, "rule": "a", "seed": 0, "final_params": 1000, "final_test_error": 1.4,
+             "stopped": "patience"},
+            {**base, "rule": "a", "seed": 1, "final_params": 3000, "final_test_error": 1.0,
+             "stopped": "max_iterations"},
+            {**base, "rule": "b", "seed": 0, "final_params": 500, "final_test_error": 2.0,
+             "stopped": "patience"}]
+    a, b = stopping_rule.summarise(rows)
+    assert (a["rule"], a["n"], b["n"]) == ("a", 2, 1)
+    assert a["final_params"] == 2000 and a["final_params_se"] == pytest.approx(1000)
+    assert a["test_change"] == pytest.approx(0.0) and b["test_change"] == pytest.approx(0.8)
+    assert a["stopped"] == "patience x1, max_iterations x1"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 28, 28, 1)).astype(np.float32)
+    y = (x.reshape(256, -1)[:, :10].argmax(1)).astype(np.int32)  # learnable labels
+    data = (x[:192], y[:192]), (x[192:], y[192:])
+    trainer = Trainer(classifier_task(LeNet300(hidden=(16, 8))),
+                      make_optimizer(OptimizerConfig()), 32, 64, False)
+    state = new_state(trainer, jax.random.PRNGKey(0), data[0])
+    state, _ = grow_and_train(trainer, state, data[0], epochs=3, learning_rate=0.1, grow=False)
+    return trainer, state, data
+
+
+def test_prune_stop_reasons(tiny_model):
+    trainer, state, (train, val) = tiny_model
+    copy = lambda: jax.tree.map(lambda a: a.copy(), state)  # noqa: E731
+    # A limit no model can meet: every iteration fails; stop after `patience` of them and
+    # keep the starting model.
+    cfg = PruneConfig(percentile=20, max_retrain_epochs=1, tolerance=-1000.0, patience=2,
+                      max_iterations=10)
+    kept, log = prune_and_retrain(trainer, copy(), train, val, cfg)
+    assert log.stopped == "patience" and len(log.events) == 2
+    assert not any(e["held"] for e in log.events)
+    import gpjax
+    start = gpjax.count_params(state.masks).active
+    assert gpjax.count_params(kept.masks).active == start
+    # Everything forgiven: every iteration holds, no retraining; stops at the cap.
+    cfg = PruneConfig(percentile=20, tolerance=1000.0, patience=1, max_iterations=3)
+    kept, log = prune_and_retrain(trainer, copy(), train, val, cfg)
+    assert log.stopped == "max_iterations" and log.epochs == 0
+    assert [e["held"] for e in log.events] == [True] * 3
+    assert gpjax.count_params(kept.masks).active == log.events[-1]["active"] < start
+    # A target size stops the phase once reached.
+    cfg = PruneConfig(percentile=20, tolerance=1000.0, target_params=int(0.7 * start))
+    kept, log = prune_and_retrain(trainer, copy(), train, val, cfg)
+    assert log.stopped == "target" and len(log.events) == 2  # 0.8, 0.64 of start
+
+
+def test_stopping_rule_tiny_end_to_end(tmp_path):
+    rows = stopping_rule.main(["--tiny", "--seeds", "0", "--out", str(tmp_path)])
+    assert [r["rule"] for r in rows] == list(stopping_rule.TINY_RULES)
+    for r in rows:
+        assert r["final_params"] <= r["start_params"]
+        assert r["iterations"] == len(r["trajectory"]) <= r["max_iterations"]
+        assert r["stopped"] in ("patience", "max_iterations", "exhausted", "target")
+        held = [t for t in r["trajectory"] if t["held"]]
+        # the kept model is the last one that held (or the start when none did)
+        assert r["final_params"] == (held[-1]["active"] if held else r["start_params"])
+    literal = rows[0]
+    assert (literal["tolerance"], literal["patience"]) == (0.0, 1)
+    assert literal["failed_iterations"] <= 1
+    md = (tmp_path / "summary.md").read_text()
+    assert "| literal | 0 | 1 | 0.05 |" in md and "--tiny" in md
+    assert (tmp_path / "stopping_rule.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert len(saved["rows"]) == len(rows)
+    assert stopping_rule.main(["--summarise", "--out", str(tmp_path)]) == saved["rows"]
+
+
+def test_fig6_tiny_end_to_end(tmp_path):
+    (row,) = fig6.main(["--tiny", "--seeds", "0", "--out", str(tmp_path)])
+    # 600 examples in ten chunks: base on 540, update with the last 60.
+    assert (row["n_base"], row["n_new"], row["n_all"]) == (540, 60, 600)
+    # Tiny: 2 epochs on the new chunk + 2 on all, growth before every epoch; a pass over the
+    # 10% chunk counts 0.1: ours 4 x 0.1 + 4 x 1 = 4.4; merged 4 epochs + 4 growths = 8.
+    assert row["growprune_growth_cost"] == pytest.approx(4.4)
+    assert row["merged_growth_cost"] == pytest.approx(8.0)
+    assert row["ratio_budget"] == pytest.approx(8.0 / 4.4)
+    for arm in fig6.ARMS:
+        costs = [p["cost"] for p in row["curves"][arm]]
+        assert costs[0] == 0.0 and np.all(np.diff(costs) > 0)
+        assert row["curves"][arm][0]["pooled_error"] == pytest.approx(row["base_pooled_error"])
+        assert row[f"{arm}_cost_common"] is not None  # both reach the common target
+        assert row[f"{arm}_final_params"] <= row[f"{arm}_grown_params"]
+    assert row["ratio_common"] == pytest.approx(row["merged_cost_common"] /
+                                                row["growprune_cost_common"])
+    # ours' first two epochs run on the new chunk (0.1 + 0.1 growth each)
+    assert [p["phase"] for p in row["curves"]["growprune"][1:3]] == ["grow_new"] * 2
+    assert row["curves"]["growprune"][1]["cost"] == pytest.approx(0.2)
+    md = (tmp_path / "summary.md").read_text()
+    assert "Target rules" in md and "ratio merged / ours" in md
+    assert (tmp_path / "fig6.png").stat().st_size > 0
