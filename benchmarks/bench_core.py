@@ -12,7 +12,10 @@ Times, on the same shapes and the same data:
    (``gpjax.accumulate_gradients`` on stacked batches, several batch sizes) versus a training
    epoch at batch 128, and PyTorch's equivalents;
 4. a prune and a grow mask update on an 11.7M-parameter pytree (the 21 ResNet-18 kernels) per
-   layer and global, versus the PyTorch reference built on ``torch.kthvalue``.
+   layer and global, versus the PyTorch reference built on ``torch.kthvalue``;
+5. (``models``, issue 3) masked SGD-momentum train steps of LeNet-5, ResNet-18 (small stem) and
+   DeepSpeech2-H-LSTM against the PyTorch eager references of ``torch_models.py``
+   (:mod:`benchmarks.bench_models`).
 
 Each measurement is the median over ``--repeats`` runs; the JAX and PyTorch cases of a group
 are run round-robin so that load changes on a shared machine hit both alike. Results go to
@@ -23,6 +26,7 @@ Usage::
     python -m benchmarks.bench_core                 # full run (~10 min on 2 cores)
     python -m benchmarks.bench_core --quick         # smoke test: few repeats, short epochs
     python -m benchmarks.bench_core --repeats 9 --out /tmp/bench
+    python -m benchmarks.bench_core --only models --repeats 5   # the model train steps only
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import gpjax
 from gpjax.models import LeNet300
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SECTIONS = ("train", "growth", "mask", "models")
 
 # The 21 kernels of ResNet-18 (ImageNet stem, 1000 classes), Flax layout: 11,678,912 weights.
 # Used only if gpjax.models.ResNet18 cannot be shape-evaluated.
@@ -574,8 +579,12 @@ def render_markdown(res: dict) -> str:
         agree = u["same_masks_as_torch"]
         lines += ["", "Same masks and weights as the PyTorch reference: "
                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items()), ""]
+    if "models" in res:
+        from benchmarks.bench_models import render_models
+
+        lines += render_models(res)
     if "targets" in res:
-        lines += ["## Targets (issue 2, section 6)", "", "| target | measured | met |",
+        lines += ["## Targets (issue 2, section 6; issue 3)", "", "| target | measured | met |",
                   "|---|---|---|"]
         for t in res["targets"]:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
@@ -608,6 +617,10 @@ def targets(res: dict) -> list[dict]:
                 kv = ms[f"torch_kthvalue_{kth}_{scope}"]
                 out.append({"target": f"{op} ({scope}) <= torch.kthvalue time",
                             "measured": f"{j:.1f} ms vs {kv:.1f} ms", "met": j <= kv})
+    if "models" in res:
+        from benchmarks.bench_models import model_targets
+
+        out += model_targets(res)
     return out
 
 
@@ -635,8 +648,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--tiny", action="store_true",
                    help="tiny shapes and random data (for the test suite)")
-    p.add_argument("--only", nargs="+", choices=("train", "growth", "mask"),
-                   default=("train", "growth", "mask"), help="sections to run")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS,
+                   help="sections to run (default: all)")
+    p.add_argument("--models", nargs="+", choices=("lenet5", "resnet18", "ds2"),
+                   default=("lenet5", "resnet18", "ds2"),
+                   help="models of the 'models' section (default: all)")
     p.add_argument("--torch-threads", default=None,
                    help="comma-separated torch.set_num_threads values to time each PyTorch "
                         "case with, the fastest counting (default: 1 and the number of CPUs)")
@@ -671,7 +687,8 @@ def main(argv: list[str] | None = None) -> dict:
         " " + shlex.join(argv if argv is not None else sys.argv[1:])
         if (argv if argv is not None else sys.argv[1:]) else "")
     load_start = [round(v, 2) for v in os.getloadavg()]
-    x, y, data_name = load_data(cfg)
+    x, y, data_name = (load_data(cfg) if {"train", "growth"} & set(args.only)
+                       else (None, None, "random"))
     res: dict = {}
     t0 = time.time()
     print(f"bench_core: repeats={cfg.repeats}, load {load_start}", flush=True)
@@ -681,6 +698,14 @@ def main(argv: list[str] | None = None) -> dict:
         bench_growth(cfg, x, y, res)
     if "mask" in args.only:
         bench_mask_update(cfg, res)
+    if "models" in args.only:
+        from benchmarks import bench_models
+
+        mcfg = bench_models.ModelsConfig.tiny() if cfg.tiny else bench_models.ModelsConfig()
+        mcfg.which = tuple(args.models)
+        if args.quick:
+            mcfg.quick()
+        bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res)
     res["torch_threads_s"] = {k: {str(n): v for n, v in d.items()}
                               for k, d in TORCH_CHOICE.items()}
     res["targets"] = targets(res)
@@ -704,6 +729,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_core_{now.strftime('%Y-%m-%d')}" + (
+        "_models" if tuple(args.only) == ("models",) else "") + (
         "_tiny" if cfg.tiny else "") + ("_quick" if args.quick else "")
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
