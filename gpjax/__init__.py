@@ -4,6 +4,7 @@ The core is a handful of pure functions over ``(params, masks)`` pytrees that wo
 params pytree (Flax linen or NNX state, Equinox, plain dicts):
 
 * :func:`init_masks`, :func:`apply_masks`: mask pytrees (boolean on kernels, ``None`` elsewhere);
+  :func:`connect_units` gives every neuron of a random sparse seed a connection;
 * :func:`accumulate_gradients`: the epoch-mean gradient w.r.t. the effective weights ``W * M``;
 * :func:`grow`: switch on dormant connections with large gradients (SPEC eq. 1);
 * :func:`prune`: remove small active weights, recoverably or not (SPEC eq. 3);
@@ -19,6 +20,7 @@ from gpjax.masks import (
     DeadUnits,
     ParamCount,
     apply_masks,
+    connect_units,
     count_params,
     dead_units,
     density,
@@ -36,6 +38,7 @@ __all__ = [
     "ParamCount",
     "accumulate_gradients",
     "apply_masks",
+    "connect_units",
     "count_params",
     "dead_units",
     "density",

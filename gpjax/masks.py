@@ -144,6 +144,49 @@ def unit_view(x: jax.Array) -> jax.Array:
     return x.reshape((-1,) + x.shape[-2:])
 
 
+def connect_units(masks: PyTree, *, seed: int | jax.Array = 0,
+                  input_fed: LeafSelector | PyTree = None) -> PyTree:
+    """Switches on one random connection for every unit a sparse mask left unconnected.
+
+    A random mask at low density leaves some units with no input or no output connection (a
+    16-unit layer feeding 10 outputs at density 0.3 has one with probability ~40%). Such a
+    neuron is dead from the start, and growth cannot revive it (a unit without outputs gets no
+    gradient into its inputs); recoverable pruning would then keep it dead for good. Call this
+    after :func:`init_masks` with ``density < 1``.
+
+    Args:
+      masks: masks pytree (see :func:`init_masks`).
+      seed: an int or a PRNG key choosing the connections (host-side numpy draws).
+      input_fed: kernels fed by the network's inputs (as in :func:`gpjax.prune`): their rows
+        (pixels, features) are not neurons and may stay unconnected.
+
+    Returns:
+      masks where every output unit of every kernel (``[..., in, out]``: columns; conv: output
+      channels) has an active input connection and every input unit of a kernel not fed by the
+      network's inputs has an output connection. Units already connected are untouched.
+    """
+    if isinstance(seed, jax.Array):
+        seed = np.asarray(jax.random.key_data(seed) if jnp.issubdtype(
+            seed.dtype, jax.dtypes.prng_key) else seed, np.uint32).ravel()
+    rng = np.random.default_rng(seed)
+    flags = _input_fed_flags(masks, input_fed)
+    fixed = []
+    for (_, m, _), fed in zip(masked_leaves(masks), flags, strict=True):
+        if m.ndim < 2:  # not a kernel: no units
+            fixed.append(m)
+            continue
+        v = np.array(unit_view(np.asarray(m)))  # [spatial, in, out]
+        s_, n_in, n_out = v.shape
+        for o in np.flatnonzero(~v.any(axis=(0, 1))):
+            v[rng.integers(s_), rng.integers(n_in), o] = True
+        if not fed:
+            for i in np.flatnonzero(~v.any(axis=(0, 2))):
+                v[rng.integers(s_), i, rng.integers(n_out)] = True
+        fixed.append(jnp.asarray(v.reshape(m.shape)))
+    it = iter(fixed)
+    return jax.tree.map(lambda m: None if m is None else next(it), masks, is_leaf=is_none)
+
+
 class DeadUnits(NamedTuple):
     """Units of one kernel that have lost every connection.
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gpjax
 from gpjax import masks as M
@@ -158,3 +160,38 @@ def test_dead_units_on_a_masked_rank1_leaf():
     m = gpjax.init_masks({"k": jnp.ones((3, 2)), "b": jnp.ones(2)}, prunable=["*"])
     m = {**m, "b": jnp.zeros(2, bool)}
     assert gpjax.dead_units(m) == {"b": gpjax.DeadUnits(0, 0), "k": gpjax.DeadUnits(0, 0)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 0.4),
+       st.sampled_from([(6, 5), (3, 3, 4, 7), (1, 40), (40, 1)]))
+def test_connect_units_connects_every_unit_and_only_adds(seed, dens, shape):
+    # Property: after init_masks at low density + connect_units, no kernel has a dead unit
+    # (dead_units, the independent check), every original connection is kept, and at most one
+    # connection per previously dead unit is added.
+    params = {"a": jnp.zeros(shape), "b": jnp.zeros(shape[-1:] + (3,)), "bias": jnp.zeros(3)}
+    masks = gpjax.init_masks(params, density=dens, key=jax.random.PRNGKey(seed))
+    before = gpjax.dead_units(masks)
+    fixed = gpjax.connect_units(masks, seed=seed)
+    assert fixed["bias"] is None
+    assert all(d == (0, 0) for d in gpjax.dead_units(fixed).values())
+    for k in ("a", "b"):
+        m0, m1 = np.asarray(masks[k]), np.asarray(fixed[k])
+        assert m1.shape == m0.shape and m1.dtype == bool
+        assert np.all(m1[m0])
+        assert m1.sum() - m0.sum() <= sum(before[f"{k}"])
+    # input_fed kernels may keep unconnected rows (pixels are not neurons); columns still fixed.
+    fed = gpjax.connect_units(masks, seed=seed, input_fed=["a"])
+    assert gpjax.dead_units(fed, input_fed=["a"])["a"].outputs == 0
+    assert np.asarray(fed["a"]).sum() <= np.asarray(fixed["a"]).sum()
+
+
+def test_connect_units_is_deterministic_and_accepts_keys():
+    params = {"w": jnp.zeros((50, 20))}
+    masks = gpjax.init_masks(params, density=0.02, key=jax.random.PRNGKey(1))
+    a = gpjax.connect_units(masks, seed=3)
+    b = gpjax.connect_units(masks, seed=3)
+    np.testing.assert_array_equal(a["w"], b["w"])
+    c = gpjax.connect_units(masks, seed=jax.random.key(3))
+    d = gpjax.connect_units(masks, seed=jax.random.PRNGKey(3))
+    assert all(v == (0, 0) for m in (c, d) for v in gpjax.dead_units(m).values())
