@@ -308,3 +308,35 @@ def test_four_devices_match_one(tmp_path, cache_dir):
             "params_recoverable"]
     for a, b in zip(out["4"]["params"], out["1"]["params"], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+
+
+def test_speech_rows_report_wer_and_cer(tmp_path):
+    """A speech config's row: ``test_error`` is the corpus WER and ``test_cer`` the corpus CER
+    (percent) of the greedy CTC decoding of the test split, as gpjax.metrics scores the final
+    model's decoding against the corpus transcripts; the non-recoverable model's likewise."""
+    from gpjax.data.speech import decode_ids, load_synthetic_an4
+    from gpjax.metrics import cer, greedy_ctc_decode, wer
+    from gpjax.models import DeepSpeech2
+
+    cfg = dataclasses.replace(get_config("ds2_hlstm_synthetic_tiny"), rounds=1,
+                              checkpoint_every=0, prune_checkpoint_every=0)
+    policy = make_policy("tfs", {**cfg.policies["tfs"], "epochs": 2, "prune.max_iterations": 1,
+                                 "nonrecoverable.max_iterations": 1})
+    ends = []
+
+    def callback(event, r, state, carry):
+        if event == "round_end":
+            ends.append(jax.tree.map(np.asarray, {"params": state.params, **state.aux}))
+
+    (row,) = run(cfg, policy, 0, tmp_path, progress=False, callback=callback)
+    for key in ("test_error", "test_cer", "test_error_nonrecoverable",
+                "test_cer_nonrecoverable"):
+        assert math.isfinite(row[key]) and row[key] >= 0.0, (key, row[key])
+    assert load_rows(tmp_path / "tfs-seed0")[0]["test_cer"] == pytest.approx(row["test_cer"])
+    test = load_synthetic_an4(**cfg.dataset_kwargs).test
+    model = DeepSpeech2(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in cfg.model_kwargs.items()})
+    logits, pads = jax.jit(model.apply)(ends[0], test.features, test.feature_paddings())
+    hyps = [decode_ids(h) for h in greedy_ctc_decode(logits, pads)]
+    assert row["test_cer"] == pytest.approx(100 * cer(test.transcripts, hyps), abs=1e-6)
+    assert row["test_error"] == pytest.approx(100 * wer(test.transcripts, hyps), abs=1e-6)

@@ -269,7 +269,7 @@ class _Run:
     # ---------------------------------------------------------------------------- results
     def finish_round(self, r, rd, state, cost, events, test, val, data_all, plan) -> dict:
         t0 = time.perf_counter()
-        test_err = self.exp.test_error(state.params, state.aux, test)
+        tests = self.exp.test_metrics(state.params, state.aux, test)
         val_err = 100.0 * self.trainer.error(state, val)
         counts = gpjax.count_params(state.masks)
         nonrec = {}
@@ -279,8 +279,8 @@ class _Run:
                                              name="nonrecoverable")
             nonrec = {
                 "params_nonrecoverable": gpjax.count_params(compact.masks).active,
-                "test_error_nonrecoverable": self.exp.test_error(compact.params, compact.aux,
-                                                                 test),
+                **{f"{k}_nonrecoverable": v for k, v in
+                   self.exp.test_metrics(compact.params, compact.aux, test).items()},
                 "val_error_nonrecoverable": 100.0 * self.trainer.error(compact, val),
                 "epochs_nonrecoverable": log.epochs,
             }
@@ -294,7 +294,7 @@ class _Run:
             "policy": self.policy.name, "seed": self.seed, "round": r,
             "data_fraction": rd.fraction, "classes": list(rd.classes) if rd.classes else None,
             "n_available": rd.n_all, "n_new": rd.n_new,
-            "test_error": test_err, "val_error": val_err,
+            **tests, "val_error": val_err,
             "params_recoverable": counts.active, "params_dense": counts.dense,
             "params_nonrecoverable": None, "test_error_nonrecoverable": None,
             **nonrec,
