@@ -653,6 +653,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", choices=("lenet5", "resnet18", "ds2"),
                    default=("lenet5", "resnet18", "ds2"),
                    help="models of the 'models' section (default: all)")
+    p.add_argument("--ds2-rnn-features", type=int, default=None,
+                   help="H-LSTM width of the DeepSpeech2 case (default 128; the model's own "
+                        "default is 800)")
+    p.add_argument("--ds2-batch", type=int, default=None,
+                   help="batch size of the DeepSpeech2 case (default 8)")
+    p.add_argument("--suffix", default="",
+                   help="appended to the results' file names (bench_core_<date>_models<suffix>)")
     p.add_argument("--torch-threads", default=None,
                    help="comma-separated torch.set_num_threads values to time each PyTorch "
                         "case with, the fastest counting (default: 1 and the number of CPUs)")
@@ -703,6 +710,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         mcfg = bench_models.ModelsConfig.tiny() if cfg.tiny else bench_models.ModelsConfig()
         mcfg.which = tuple(args.models)
+        if args.ds2_rnn_features:
+            mcfg.ds2_rnn_features = args.ds2_rnn_features
+        if args.ds2_batch:
+            mcfg.ds2_batch = args.ds2_batch
         if args.quick:
             mcfg.quick()
         bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res)
@@ -730,7 +741,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_core_{now.strftime('%Y-%m-%d')}" + (
         "_models" if tuple(args.only) == ("models",) else "") + (
-        "_tiny" if cfg.tiny else "") + ("_quick" if args.quick else "")
+        "_tiny" if cfg.tiny else "") + ("_quick" if args.quick else "") + args.suffix
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     print(f"wrote {args.out / stem}.{{md,json}}")

@@ -33,7 +33,7 @@ class ModelsConfig:
     """Shapes of the models section (the full run, or tiny ones for the smoke test)."""
 
     lenet_batches: tuple[int, ...] = (128, 1024)
-    lenet_steps: tuple[int, ...] = (20, 4)         # steps per timed call, per batch size
+    lenet_steps: tuple[int, ...] = (10, 3)         # steps per timed call, per batch size
     resnet_batch: int = 32
     resnet_image: int = 32
     resnet_channels: int = 3

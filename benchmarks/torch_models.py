@@ -65,7 +65,7 @@ class MaskedTorchModel:
 
     # ---- layout
     def to_torch_layout(self, name: str, a: np.ndarray) -> np.ndarray:
-        """Flax layout -> this model's layout (conv kernels ``[kh,kw,in,out] -> [out,in,kh,kw]``)."""
+        """Flax layout -> this model's (conv kernels ``[kh, kw, in, out] -> [out, in, kh, kw]``)."""
         return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a
 
     def to_jax_layout(self, name: str, a: np.ndarray) -> np.ndarray:

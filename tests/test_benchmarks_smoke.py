@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/: the PyTorch reference computes what gpjax computes (loss,
-dL/d(W*M), SGD/Adam steps, prune and grow masks), and the benchmark's code paths run end to
-end (quick mode, tiny shapes). No timing is asserted."""
+dL/d(W*M), SGD/Adam steps, prune and grow masks), the PyTorch model references
+(benchmarks/torch_models.py) compute what the gpjax models compute, and the benchmark's code
+paths run end to end (quick mode, tiny shapes). No timing is asserted."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import gpjax  # noqa: E402
-from benchmarks import bench_core  # noqa: E402
+from benchmarks import bench_core, bench_models  # noqa: E402
 from benchmarks import torch_reference as tr  # noqa: E402
+from benchmarks.torch_models import flatten_jax  # noqa: E402
 
 
 def _tiny_problem(seed=0, batch=32):
@@ -75,7 +77,7 @@ def test_torch_train_steps_match_the_jax_masked_step(opt):
 
 def test_bench_core_quick_tiny_writes_the_table(tmp_path):
     res = bench_core.main(["--quick", "--tiny", "--repeats", "1", "--torch-threads", "1",
-                           "--out", str(tmp_path)])
+                           "--only", "train", "growth", "mask", "--out", str(tmp_path)])
     md = list(tmp_path.glob("bench_core_*_tiny_quick.md"))
     js = list(tmp_path.glob("bench_core_*_tiny_quick.json"))
     assert len(md) == 1 and len(js) == 1
@@ -91,3 +93,64 @@ def test_bench_core_quick_tiny_writes_the_table(tmp_path):
     assert data["meta"]["versions"]["torch"] == torch.__version__
     for row in res["train_step"]:
         assert all(v > 0 for v in row["ms_per_step"].values())
+
+
+# ----------------------------------------------------------------------------- issue 3: models
+
+_TINY = bench_models.ModelsConfig.tiny()
+_CASES = {
+    "lenet5": lambda: bench_models.lenet5_case(8, 1, density=0.5),
+    "resnet18": lambda: bench_models.resnet18_case(_TINY),
+    "ds2": lambda: bench_models.ds2_case(_TINY),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CASES))
+def test_torch_model_with_jax_parameters_gives_the_jax_loss_and_gradients(name):
+    """The PyTorch reference, loaded with the JAX parameters and masks, computes the same loss
+    and the same masked gradients (every leaf) as the gpjax model on a tiny batch."""
+    case = _CASES[name]()
+    rng = np.random.default_rng(0)
+    # Non-zero biases: no pre-activation exactly 0, where the leaky-ReLU derivatives differ.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p + rng.normal(0, 0.1, p.shape).astype(np.float32)
+        if path[-1].key == "bias" else p, case.params)
+    (loss_j, _), g_j = jax.jit(jax.value_and_grad(case.loss_fn, has_aux=True))(
+        params, case.aux, jax.tree.map(jnp.asarray, case.batches[0]))
+    ref = case.make_torch(params, case.masks, case.aux)
+    loss_t, g_t = ref.loss_and_grads(case.torch_batches[0])
+    np.testing.assert_allclose(loss_t, float(loss_j), rtol=1e-5)
+    g_j, masks = flatten_jax(g_j), flatten_jax(case.masks)
+    assert set(g_t) == set(g_j)
+    for k, gj in g_j.items():
+        want = gj * masks[k] if k in masks else gj
+        np.testing.assert_allclose(g_t[k], want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=k)
+    assert any(np.abs(v).max() > 0 for v in g_t.values())
+
+
+def test_torch_model_steps_keep_dormant_weights_zero():
+    case = bench_models.lenet5_case(8, 2, density=0.3)
+    ref = case.make_torch(case.params, case.masks, case.aux)
+    loss = ref.train_steps(case.torch_batches)
+    assert np.isfinite(float(loss))
+    for k, m in ref.m.items():
+        assert float((ref.p[k].detach() * (1 - m)).abs().max()) == 0.0
+
+
+def test_bench_models_quick_tiny_writes_the_table(tmp_path):
+    res = bench_core.main(["--only", "models", "--models", "lenet5", "resnet18", "--quick",
+                           "--tiny", "--repeats", "1", "--torch-threads", "1",
+                           "--out", str(tmp_path)])
+    md = list(tmp_path.glob("bench_core_*_models_tiny_quick.md"))
+    js = list(tmp_path.glob("bench_core_*_models_tiny_quick.json"))
+    assert len(md) == 1 and len(js) == 1
+    text = md[0].read_text()
+    for heading in ("Model train steps", "| LeNet-5 | 28x28x1, batch 8 |",
+                    "| ResNet-18 (small stem) |", "LeNet-5 masked step", "Targets",
+                    "Command: `python -m benchmarks.bench_core --only models"):
+        assert heading in text, heading
+    rows = json.loads(js[0].read_text())["models"]["rows"]
+    assert [r["model"] for r in rows] == ["LeNet-5", "ResNet-18 (small stem)"]
+    assert all(all(r["dormant_is_zero"].values()) for r in rows)
+    assert all(v > 0 for r in res["models"]["rows"] for v in r["ms_per_step"].values())
