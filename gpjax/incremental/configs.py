@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpjax.incremental.scenarios import Scenario, class_incremental, data_incremental, take
+from gpjax.data.stream import is_streamed, num_examples, take
+from gpjax.incremental.scenarios import Scenario, class_incremental, data_incremental
 from gpjax.metrics import masked_edit_distance
 from gpjax.train import OptimizerConfig, Task, classifier_task
 
@@ -234,8 +235,7 @@ class Experiment:
 def _first(data: PyTree, n: int | None) -> PyTree:
     if n is None:
         return data
-    size = len(jax.tree.leaves(data)[0])
-    return take(data, np.arange(min(n, size)))
+    return take(data, np.arange(min(n, num_examples(data))))
 
 
 def _load_data(cfg: ExperimentConfig) -> tuple[PyTree, PyTree, PyTree, str]:
@@ -248,15 +248,18 @@ def _load_data(cfg: ExperimentConfig) -> tuple[PyTree, PyTree, PyTree, str]:
         from gpjax.data.images import load_mnist_images, load_tfds_images
         d = (load_mnist_images(**kw) if cfg.dataset == "mnist32"
              else load_tfds_images(cfg.dataset, **kw))
-        # The loop trains on in-memory arrays: materialise (after subsetting: ImageNet does not
-        # fit in memory; use n_train / streaming for it, see experiments/README.md).
+        # TFDS sets stay streamed splits (gpjax.data.stream: ImageNet does not fit in memory;
+        # training makes each block on the host with the split's crop/flip augmentation); the
+        # small MNIST stand-in is materialised and trained from device memory.
         splits = []
         for split, n in ((d.train, cfg.n_train), (d.validation, cfg.n_validation),
                          (d.test, cfg.n_test)):
             if n is not None:
                 split = split.subset(np.arange(min(n, len(split))))
-            s = split.to_split()
-            splits.append((s.images, s.labels))
+            if cfg.dataset == "mnist32":
+                s = split.to_split()
+                split = (s.images, s.labels)
+            splits.append(split)
         return splits[0], splits[1], splits[2], d.source
     if cfg.dataset in ("synthetic_an4", "an4"):
         from gpjax.data import speech
@@ -374,7 +377,7 @@ def build(cfg: ExperimentConfig, seed: int = 0) -> Experiment:
         raise ValueError(f"unknown scenario {cfg.scenario!r}")
     if cfg.rounds is not None:
         scenario = scenario.truncated(cfg.rounds)
-    example = take(train, np.arange(2))
+    example = train.examples(np.arange(2)) if is_streamed(train) else take(train, np.arange(2))
     return Experiment(cfg, task, scenario, example, test_metrics, tuple(model.input_kernels))
 
 

@@ -44,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import gpjax
+from gpjax.data.stream import is_streamed
 from gpjax.incremental.configs import Experiment, ExperimentConfig, build
 from gpjax.incremental.cost import Cost
 from gpjax.incremental.phases import (
@@ -120,7 +121,13 @@ class _Run:
 
     # ---------------------------------------------------------------------------- placement
     def put(self, data: PyTree) -> PyTree:
-        """Data on the mesh: split along the example axis when it divides, else replicated."""
+        """Data on the mesh: split along the example axis when it divides, else replicated.
+
+        A streamed split stays on the host: training sends it block by block, each mini-batch
+        constrained to the batch sharding inside the jitted step.
+        """
+        if is_streamed(data):
+            return data
         n = num_examples(data)
         sharding = self.split if self.ndev > 1 and n % self.ndev == 0 else self.replicated
         return jax.device_put(jax.tree.map(jnp.asarray, data), sharding)
@@ -338,31 +345,9 @@ class _Run:
 
 
 def connect_seed(masks: PyTree, input_fed: Sequence[str], seed: int) -> PyTree:
-    """A sparse seed in which every neuron has an input and an output connection.
-
-    A random mask at low density leaves some units without any input or output (a 16-unit layer
-    feeding 10 outputs at density 0.3 has one with probability ~40%); recoverable pruning keeps
-    the neurons it is given, so a disconnected seed unit would stay dead for good. For each such
-    unit one random connection is switched on (the network's inputs, e.g. pixels, are exempt).
-    """
-    from gpjax.masks import _input_fed_flags, masked_leaves, unit_view
-
-    rng = np.random.default_rng(seed)
-    flags = _input_fed_flags(masks, list(input_fed))
-    fixed = []
-    for (_, m, _), fed in zip(masked_leaves(masks), flags, strict=True):
-        m = np.array(m)
-        v = np.asarray(unit_view(m)).copy()  # [spatial, in, out]
-        s_, n_in, n_out = v.shape
-        for o in np.flatnonzero(~v.any(axis=(0, 1))):
-            v[rng.integers(s_), rng.integers(n_in), o] = True
-        if not fed:
-            for i in np.flatnonzero(~v.any(axis=(0, 2))):
-                v[rng.integers(s_), i, rng.integers(n_out)] = True
-        fixed.append(jnp.asarray(v.reshape(m.shape)))
-    it = iter(fixed)
-    return jax.tree.map(lambda m: None if m is None else next(it), masks,
-                        is_leaf=lambda x: x is None)
+    """A sparse seed in which every neuron has an input and an output connection
+    (:func:`gpjax.connect_units`; the network's inputs, e.g. pixels, are exempt)."""
+    return gpjax.connect_units(masks, seed=seed, input_fed=list(input_fed))
 
 
 def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | None:
