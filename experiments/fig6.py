@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fixed-target", type=float, default=None,
                    help="also report the cost to reach this pooled error (points)")
     p.add_argument("--tiny", action="store_true", help="a few hundred examples (tests)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="concatenate the rows of DIR/runs.json (e.g. seeds run as separate "
+                        "processes) into OUT and rebuild the summary")
     p.add_argument("--summarise", action="store_true",
                    help="only rebuild summary.md and the PNG from OUT/runs.json")
     p.add_argument("--progress", action="store_true")
@@ -409,7 +412,13 @@ def describe(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     command = "python -m experiments.fig6 " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.summarise:
+    if args.merge:
+        parts = [json.loads((d / "runs.json").read_text()) for d in args.merge]
+        saved = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
+                 "command": " ; ".join(dict.fromkeys(p["command"] for p in parts))}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "runs.json").write_text(json.dumps(saved, indent=1))
+    if args.summarise or args.merge:
         saved = json.loads((args.out / "runs.json").read_text())
         write_outputs(saved["rows"], args.out, saved["command"], saved["args"])
         print((args.out / "summary.md").read_text())

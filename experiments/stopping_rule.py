@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-iterations", type=int, default=30)
     p.add_argument("--tiny", action="store_true",
                    help="a few hundred examples, a small MLP, two rules, two seeds (tests)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="concatenate the rows of DIR/runs.json (e.g. seeds run as separate "
+                        "processes) into OUT and rebuild the summary")
     p.add_argument("--summarise", action="store_true",
                    help="only rebuild summary.md and the PNG from OUT/runs.json")
     p.add_argument("--progress", action="store_true")
@@ -113,8 +116,10 @@ def _experiment(args: argparse.Namespace, seed: int):
     return build(cfg, seed)
 
 
-def run_seed(args: argparse.Namespace, seed: int, rules: list[str], log=print) -> list[dict]:
-    """Trains the seed's dense model once and prunes a copy of it under every rule."""
+def run_seed(args: argparse.Namespace, seed: int, rules: list[str], log=print,
+             on_row=None) -> list[dict]:
+    """Trains the seed's dense model once and prunes a copy of it under every rule
+    (``on_row(rows so far)`` after each)."""
     exp = _experiment(args, seed)
     cfg = exp.config
     trainer = Trainer(exp.task, make_optimizer(cfg.optimizer), cfg.batch_size,
@@ -168,6 +173,8 @@ def run_seed(args: argparse.Namespace, seed: int, rules: list[str], log=print) -
             "wall_s": wall, "trajectory": trajectory,
         }
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
         log(f"seed {seed} {name:>18}: {row['final_params']:>7,} params, val "
             f"{row['final_val_error']:.2f}%, test {row['final_test_error']:.2f}%, "
             f"{row['iterations']} it ({row['failed_iterations']} failed), "
@@ -215,21 +222,21 @@ def markdown(rows: list[dict], command: str) -> str:
         "# Stopping-rule sweep (recoverable pruning of LeNet-300-100 on MNIST)", "",
         f"Command: `{command}`", "",
         f"Seeds {seeds}. Per seed one dense LeNet-300-100 ({sp:,.0f} params) trained "
-        f"{r0['base_epochs']} epochs on {r0['n_train']:,} images (val {_pm(sv, sve)}%, "
+        f"{r0['base_epochs']} epochs on {r0.get('n_train', 55000):,} images (val {_pm(sv, sve)}%, "
         f"test {_pm(st, ste)}% over seeds) is pruned by every rule: recoverable, "
         f"{r0['percentile']:g}% of active connections per iteration, at most "
         f"{r0['max_retrain_epochs']} one-epoch cosine restarts per iteration, at most "
         f"{r0['max_iterations']} iterations. Tolerance in error points on the 5K validation "
         "set (one image = 0.02 points) above the error when pruning starts. Mean ± s.e. over "
         "seeds; test error on 10K; `test change` = final minus dense test error.", "",
-        "| rule | tolerance | patience | retrain lr | params | val error % | test error % | "
-        "test change | iterations | failed | retrain epochs | stopped by |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rule | tolerance | patience | retrain lr | seeds | params | val error % | "
+        "test error % | test change | iterations | failed | retrain epochs | stopped by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summ:
         lines.append(
             f"| {s['rule']} | {s['tolerance']:g} | {s['patience']} | {s['retrain_lr']:g} | "
-            f"{_pm(s['final_params'] / 1e3, s['final_params_se'] / 1e3, '{:.1f}')}K | "
+            f"{s['n']} | {_pm(s['final_params'] / 1e3, s['final_params_se'] / 1e3, '{:.1f}')}K | "
             f"{_pm(s['final_val_error'], s['final_val_error_se'])} | "
             f"{_pm(s['final_test_error'], s['final_test_error_se'])} | "
             f"{_pm(s['test_change'], s['test_change_se'], '{:+.2f}')} | "
@@ -307,7 +314,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     command = "python -m experiments.stopping_rule " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    if args.summarise:
+    if args.merge:
+        parts = [json.loads((d / "runs.json").read_text()) for d in args.merge]
+        saved = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
+                 "command": " ; ".join(dict.fromkeys(p["command"] for p in parts))}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "runs.json").write_text(json.dumps(saved, indent=1))
+    if args.summarise or args.merge:
         saved = json.loads((args.out / "runs.json").read_text())
         write_outputs(saved["rows"], args.out, saved["command"])
         print((args.out / "summary.md").read_text())
@@ -318,8 +331,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"unknown rules {unknown}; known: {list(RULES)}")
     rows: list[dict] = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rows += run_seed(args, seed, rules, log=lambda m: print(m, flush=True))
-        write_outputs(rows, args.out, command)  # after every seed: partial results survive
+        done = list(rows)
+        # outputs after every rule: partial results survive
+        rows += run_seed(args, seed, rules, log=lambda m: print(m, flush=True),
+                         on_row=lambda new, done=done: write_outputs(done + new, args.out,
+                                                                     command))
     print(markdown(rows, command))
     return rows
 

@@ -121,7 +121,7 @@ def test_stopping_rule_tiny_end_to_end(tmp_path):
     assert (literal["tolerance"], literal["patience"]) == (0.0, 1)
     assert literal["failed_iterations"] <= 1
     md = (tmp_path / "summary.md").read_text()
-    assert "| literal | 0 | 1 | 0.05 |" in md and "--tiny" in md
+    assert "| literal | 0 | 1 | 0.05 | 1 |" in md and "--tiny" in md
     assert (tmp_path / "stopping_rule.png").stat().st_size > 0
     saved = json.loads((tmp_path / "runs.json").read_text())
     assert len(saved["rows"]) == len(rows)
