@@ -49,7 +49,6 @@ import numpy as np
 import gpjax
 from gpjax.incremental.configs import build, get_config
 from gpjax.incremental.cost import normalised_epochs
-from gpjax.incremental.loop import connect_seed
 from gpjax.incremental.phases import Trainer, grow_and_train, new_state, prune_and_retrain
 from gpjax.incremental.policies import Policy, RoundPlan, make_policy
 from gpjax.train import make_optimizer
@@ -155,8 +154,8 @@ def _start(trainer: Trainer, exp, plan: RoundPlan, key: jax.Array, carry=None):
     k_init, k_mask, k_fix, k_run = jax.random.split(key, 4)
     params, aux = exp.task.init(k_init, exp.example_batch)
     masks = gpjax.init_masks(params, density=plan.seed_density, key=k_mask)
-    masks = connect_seed(masks, exp.input_kernels,
-                         int(jax.random.randint(k_fix, (), 0, 2**31 - 1)))
+    masks = gpjax.connect_units(masks, seed=int(jax.random.randint(k_fix, (), 0, 2**31 - 1)),
+                                input_fed=list(exp.input_kernels))
     return new_state(trainer, k_run, exp.example_batch, params=params, aux=aux, masks=masks)
 
 
