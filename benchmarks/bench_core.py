@@ -716,7 +716,8 @@ def main(argv: list[str] | None = None) -> dict:
             mcfg.ds2_batch = args.ds2_batch
         if args.quick:
             mcfg.quick()
-        bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res)
+        bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res,
+                                  torch_threads=TORCH_THREADS)
     res["torch_threads_s"] = {k: {str(n): v for n, v in d.items()}
                               for k, d in TORCH_CHOICE.items()}
     res["targets"] = targets(res)

@@ -306,8 +306,16 @@ def case_fns(case: ModelCase, scan: bool = True) -> tuple[dict[str, Callable], d
     return fns, states
 
 
-def bench_models(cfg: ModelsConfig, repeats: int, warmup: int, out: dict) -> None:
-    """Times every case; ``out["models"]`` gets one row per case."""
+def bench_models(cfg: ModelsConfig, repeats: int, warmup: int, out: dict,
+                 torch_threads: tuple[int, ...] | None = None) -> None:
+    """Times every case; ``out["models"]`` gets one row per case.
+
+    ``torch_threads``: the thread counts to time PyTorch with. Pass them explicitly: under
+    ``python -m benchmarks.bench_core`` the caller is ``__main__``, a different module object
+    from the ``benchmarks.bench_core`` whose :func:`time_group` this uses.
+    """
+    if torch_threads:
+        bc.TORCH_THREADS = tuple(torch_threads)
     rows = []
     for case in cases(cfg):
         fns, states = case_fns(case)

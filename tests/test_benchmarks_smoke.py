@@ -124,7 +124,9 @@ def test_torch_model_with_jax_parameters_gives_the_jax_loss_and_gradients(name):
     assert set(g_t) == set(g_j)
     for k, gj in g_j.items():
         want = gj * masks[k] if k in masks else gj
-        np.testing.assert_allclose(g_t[k], want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+        # float32 rounding differs (batch-norm statistics over tiny batches above all): a
+        # tolerance relative to each leaf's scale; a wrong layout or equation is off by O(1).
+        np.testing.assert_allclose(g_t[k], want, rtol=2e-3, atol=1e-4 * np.abs(want).max(),
                                    err_msg=k)
     assert any(np.abs(v).max() > 0 for v in g_t.values())
 
