@@ -181,8 +181,9 @@ class PruneConfig:
     - tolerance 0.1, patience 1: 77 ± 21K; patience 2: 34 ± 12K, +0.02 ± 0.01.
     - tolerance 0.2, patience 2 (default): 24 ± 7K, +0.03 ± 0.04 (per seed 28K / 32K / 11K;
       -0.03 / +0.03 / +0.10 points).
-    - patience 3 bought little and cost retraining: at tolerance 0.2 it kept the same model as
-      patience 2 on seed 0; at 0.1 it went from 52K to 24K on seed 1 for +0.19 test points.
+    - patience 3 bought little and cost retraining: 19 ± 5K at tolerance 0.2 (the same kept
+      model as patience 2 on 2 of 3 seeds) for +0.05 ± 0.04 points and ~4 more retraining
+      epochs; 25 ± 7K at 0.1 for +0.08 ± 0.06.
     - retrain_lr 0.01 instead of 0.05 (tolerance 0.1, patience 2): 107 ± 11K, +0.09 ± 0.02:
       a low restart rate does not recover and the rule stops early.
 
