@@ -73,6 +73,18 @@ def scale_epochs(policy, factor: float):
     return dataclasses.replace(policy, **changes)
 
 
+def _merge_overrides(*layers: dict) -> dict:
+    """Dotted-key overrides, later layers winning; a key set whole (``nonrecoverable=none``)
+    also drops the earlier layers' keys below it (``nonrecoverable.retrain_lr``), which would
+    otherwise bring the default back."""
+    out: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out = {k: v for k, v in out.items() if not k.startswith(key + ".")}
+            out[key] = value
+    return out
+
+
 def resolve(config: str, policies: list[str], sets: list[str], rounds: int | None = None,
             epoch_scale: float = 1.0):
     """The experiment config and policy values a ``gpjax run`` command line describes."""
@@ -98,7 +110,7 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
     for name in policies:
         if name not in POLICY_NAMES:
             raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
-        over = {**cfg.policies.get(name, {}), **pol_over, **per_policy.get(name, {})}
+        over = _merge_overrides(cfg.policies.get(name, {}), pol_over, per_policy.get(name, {}))
         try:
             pol = make_policy(name, over)
         except KeyError as e:

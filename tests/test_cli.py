@@ -54,6 +54,15 @@ def test_resolve_overrides():
         cli.resolve("lenet300_mnist", ["sgd"], [])
     with pytest.raises(KeyError, match="unknown config"):
         get_config("nope")
+    # The speech config overrides nonrecoverable.retrain_lr; the command line's
+    # nonrecoverable=none must still switch non-recoverable pruning off (it used to come back).
+    assert "nonrecoverable.retrain_lr" in get_config("ds2_hlstm_synthetic_small").policies["tfs"]
+    _, (t,) = cli.resolve("ds2_hlstm_synthetic_small", ["tfs"], ["nonrecoverable=none"])
+    assert t.nonrecoverable is None
+    # A later, more specific key turns it back on from the default rule, with that field set.
+    _, (t,) = cli.resolve("ds2_hlstm_synthetic_small", ["tfs"],
+                          ["nonrecoverable=none", "tfs:nonrecoverable.max_iterations=0"])
+    assert t.nonrecoverable is not None and t.nonrecoverable.max_iterations == 0
 
 
 def test_epoch_scale():
