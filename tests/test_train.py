@@ -184,3 +184,33 @@ def test_demo_end_to_end(tmp_path):
     assert rows["non-recoverable pruning"]["active_params"] <= rows["recoverable pruning"]["active_params"]
     assert rows["after growth"]["test_error"] < 20.0
     assert optax  # the optimiser library is what the demo trains with
+
+
+def test_scan_choice_and_per_step_epoch_equals_scanned(mnist_small):
+    # On CPU a convolutional (or recurrent) loss steps from Python, an MLP keeps the scan; both
+    # ways draw the same permutation and keys, so one epoch gives the same parameters.
+    from gpjax.models import ResNet18
+    from gpjax.train import _key_bits, scan_pays
+
+    train = (mnist_small[0][0][:256], mnist_small[0][1][:256])
+    tx = make_optimizer(OptimizerConfig())
+    results = {}
+    tiny_resnet = ResNet18(num_classes=10, small_stem=True, width=4, stage_sizes=(1, 1, 1, 1))
+    for name, model in (("mlp", SMALL), ("conv", tiny_resnet)):
+        task = classifier_task(model)
+        trainer = Trainer(task, tx, batch_size=32, progress=False)
+        st = new_state(trainer, jax.random.PRNGKey(0), train, density=0.5)
+        batch = (train[0][:32], train[1][:32])
+        results[name] = scan_pays(task, st.params, st.aux, batch, st.key)
+        if name == "mlp":
+            rates = cosine_rates(0.05, steps_per_epoch(256, 32))
+            a, la = train_epoch(jax.tree.map(jnp.copy, st), train, rates, task=task, tx=tx,
+                                batch_size=32, scan=True)
+            b, lb = train_epoch(jax.tree.map(jnp.copy, st), train, rates, task=task, tx=tx,
+                                batch_size=32, scan=False)
+            for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
+            np.testing.assert_array_equal(_key_bits(a.key), _key_bits(b.key))
+            assert gpjax.dormant_is_zero(b.params, b.masks)
+    assert results == {"mlp": True, "conv": jax.default_backend() != "cpu"}
