@@ -260,7 +260,8 @@ def _primitives(jaxpr: Any) -> set[str]:
     return names
 
 
-def scan_pays(task: Task, params: PyTree, aux: PyTree, batch: Batch, key: jax.Array) -> bool:
+def scan_pays(task: Task, params: PyTree, aux: PyTree, batch: Batch | Callable[[], Batch],
+              key: jax.Array) -> bool:
     """Whether an epoch should be one ``lax.scan`` (True) or one jitted call per step.
 
     A scanned epoch saves a dispatch per step and is the choice on GPU/TPU. XLA's CPU backend,
@@ -268,23 +269,18 @@ def scan_pays(task: Task, params: PyTree, aux: PyTree, batch: Batch, key: jax.Ar
     far slower than on their own: a ResNet step at batch 16 took 1.27 s scanned vs 0.08 s per
     call on 2 cores, DeepSpeech2-H-LSTM 3x slower. So on CPU, tasks whose loss contains those
     step from Python; plain MLPs keep the scan (~20% faster there). Decided once per task.
+
+    Args:
+      task, params, aux, key: what the loss is traced with.
+      batch: one mini-batch, or a function making one (called only when not yet decided).
     """
     if jax.default_backend() != "cpu":
         return True
     if task not in _SCAN_PAYS:
+        batch = batch() if callable(batch) else batch
         jaxpr = jax.make_jaxpr(task.loss)(params, aux, batch, key)
         _SCAN_PAYS[task] = not (_primitives(jaxpr.jaxpr) & _SLOW_IN_CPU_LOOPS)
     return _SCAN_PAYS[task]
-
-
-def _choose_scan(scan: bool | None, task: Task, state: TrainState, batch: Callable) -> bool:
-    if scan is not None:
-        return scan
-    if jax.default_backend() != "cpu":
-        return True
-    if task in _SCAN_PAYS:
-        return _SCAN_PAYS[task]
-    return scan_pays(task, state.params, state.aux, batch(), state.key)
 
 
 @functools.partial(jax.jit, static_argnames=("task", "tx", "batch_size", "batch_sharding"),
@@ -357,8 +353,10 @@ def train_epoch(
     bs = min(batch_size, n)
     steps = int(rates.shape[0])
     streamed = stream.is_streamed(data)
-    scan = _choose_scan(scan, task, state, lambda: (
-        data.examples(np.arange(bs)) if streamed else jax.tree.map(lambda d: d[:bs], data)))
+    if scan is None:
+        scan = scan_pays(task, state.params, state.aux, lambda: (
+            data.examples(np.arange(bs)) if streamed else jax.tree.map(lambda d: d[:bs], data)),
+            state.key)
     if not streamed and scan:
         carry, key, loss = _train_epoch(carry, state.masks, state.key, data, rates, task, tx,
                                         batch_size, batch_sharding)
