@@ -20,8 +20,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
+
+from gpjax.models.conv import conv_as_row_gemm  # noqa: F401  (its home before conv.py)
 
 LEAKY_SLOPE = 0.01
 """Negative slope of the leaky ReLU used everywhere (SPEC eq. 4): no neuron dies while pruned."""
@@ -56,61 +56,6 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2, :]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def conv_as_row_gemm(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                     padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
-                     rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                     batch_group_count: int = 1, precision=None,
-                     preferred_element_type=None) -> jax.Array:
-    """A drop-in for ``lax.conv_general_dilated`` that computes a small 2-D convolution as one
-    matrix multiply (for ``nn.Conv(..., conv_general_dilated=conv_as_row_gemm)``).
-
-    XLA on CPU is slow at the convolutions of LeNet-5 (1 and 6 input channels), their kernel
-    gradient above all (issue 3: the plain-JAX LeNet-5 train step ran at 0.4-0.6x PyTorch
-    eager; with this, ~1x). Here each output row is a matrix product of the ``KH`` input rows
-    it sees, ``[B * OH, KH * W * C]``, with a block-Toeplitz matrix ``[KH * W * C, OW * O]``
-    built from the kernel (``T[i, v, c, u, o] = k[i, v - u, c, o]`` where
-    ``0 <= v - u < KW``, else 0): the same sums as the convolution, in another order, and a
-    backward pass made of matrix products too. The Toeplitz matrix repeats each kernel entry
-    ``OW`` times, so this only pays for narrow images (LeNet's 28-32 px).
-
-    Only NHWC inputs, HWIO kernels, stride 1, no dilation and one feature group are handled
-    this way; anything else goes to ``lax.conv_general_dilated`` unchanged.
-
-    Args:
-      lhs: ``[B, H, W, C]``.
-      rhs: ``[KH, KW, C, O]``.
-      window_strides, padding, ...: as ``lax.conv_general_dilated``.
-
-    Returns:
-      ``[B, OH, OW, O]``, what ``lax.conv_general_dilated`` returns (up to float rounding).
-    """
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = (lhs.ndim == 4 and tuple(window_strides) == (1, 1)
-             and all(d in (None, (1, 1), [1, 1]) or tuple(d) == (1, 1)
-                     for d in (lhs_dilation, rhs_dilation))
-             and feature_group_count == 1 and batch_group_count == 1
-             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-             and (padding == "VALID" or not isinstance(padding, str)))
-    if not plain:
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-            precision=precision, preferred_element_type=preferred_element_type)
-    if not isinstance(padding, str):
-        lhs = jnp.pad(lhs, ((0, 0), *[tuple(p) for p in padding], (0, 0)))
-    kh, kw, c, o = rhs.shape
-    b, h, w, _ = lhs.shape
-    oh, ow = h - kh + 1, w - kw + 1
-    rows = jnp.stack([lhs[:, i:i + oh] for i in range(kh)], axis=2)      # [B, OH, KH, W, C]
-    sel = (np.arange(w)[:, None, None] - np.arange(ow)[None, :, None]
-           == np.arange(kw)[None, None, :]).astype(rhs.dtype)            # [W, OW, KW]
-    toeplitz = jnp.einsum("vuj,ijco->ivcuo", sel, rhs, precision=precision)
-    y = jnp.dot(rows.reshape(b * oh, kh * w * c), toeplitz.reshape(kh * w * c, ow * o),
-                precision=precision, preferred_element_type=preferred_element_type)
-    return y.reshape(b, oh, ow, o)
 
 
 def as_images(x: jax.Array, height: int = 28, width: int = 28) -> jax.Array:
