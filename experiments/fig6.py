@@ -37,7 +37,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpjax
+from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
 from gpjax.incremental.configs import build, get_config
 from gpjax.incremental.cost import normalised_epochs
 from gpjax.incremental.phases import Trainer, grow_and_train, new_state, prune_and_retrain
@@ -59,8 +59,7 @@ ARMS = ("growprune", "merged")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("results/fig6"))
-    p.add_argument("--seeds", default="0,1,2,3")
+    add_replicate_args(p, out="results/fig6", seeds="0,1,2,3")
     p.add_argument("--first-epochs", type=int, default=12,
                    help="growth epochs of the base model on 90%% (SPEC: 90)")
     p.add_argument("--new-epochs", type=int, default=6, help="ours: epochs on the new 10%% "
@@ -74,13 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-max-iterations", type=int, default=20)
     p.add_argument("--fixed-target", type=float, default=None,
                    help="also report the cost to reach this pooled error (points)")
-    p.add_argument("--tiny", action="store_true", help="a few hundred examples (tests)")
-    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
-                   help="concatenate the rows of DIR/runs.json (e.g. seeds run as separate "
-                        "processes) into OUT and rebuild the summary")
-    p.add_argument("--summarise", action="store_true",
-                   help="only rebuild summary.md and the PNG from OUT/runs.json")
-    p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     if args.tiny:
         args.first_epochs, args.new_epochs, args.all_epochs, args.grow_every = 4, 2, 2, 1
@@ -129,14 +121,6 @@ def common_target(curves: dict[str, list[dict]]) -> float:
 def ratio(a: float | None, b: float | None) -> float | None:
     """``a / b`` (merged / ours), None when either is missing."""
     return None if a is None or b is None or b == 0 else a / b
-
-
-def mean_se(values) -> tuple[float, float, int]:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
-    return float(v.mean()), se, int(v.size)
 
 
 # ------------------------------------------------------------------------------ running
@@ -411,20 +395,13 @@ def describe(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     command = "python -m experiments.fig6 " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.merge:
-        parts = [json.loads((d / "runs.json").read_text()) for d in args.merge]
-        saved = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
-                 "command": " ; ".join(dict.fromkeys(p["command"] for p in parts))}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "runs.json").write_text(json.dumps(saved, indent=1))
-    if args.summarise or args.merge:
-        saved = json.loads((args.out / "runs.json").read_text())
-        write_outputs(saved["rows"], args.out, saved["command"], saved["args"])
-        print((args.out / "summary.md").read_text())
-        return saved["rows"]
+    saved = saved_rows(args, lambda rows, saved: write_outputs(
+        rows, args.out, saved["command"], saved["args"]))
+    if saved is not None:
+        return saved
     args_text = describe(args)
     rows: list[dict] = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds(args):
         rows.append(run_seed(args, seed, log=lambda m: print(m, flush=True)))
         write_outputs(rows, args.out, command, args_text)  # partial results survive
     print(markdown(rows, command, args_text))

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 import gpjax
+from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
 from gpjax.incremental.configs import build, get_config
 from gpjax.incremental.phases import (
     PruneConfig,
@@ -65,8 +66,9 @@ TINY_RULES = ("literal", "tol0.2-p2")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("results/stopping_rule"))
-    p.add_argument("--seeds", default="0,1,2")
+    add_replicate_args(p, out="results/stopping_rule", seeds="0,1,2",
+                       tiny_help="a few hundred examples, a small MLP, two rules, two seeds "
+                                 "(tests)")
     p.add_argument("--rules", default=",".join(RULES), help=f"subset of {list(RULES)}")
     p.add_argument("--base-epochs", type=int, default=12,
                    help="training epochs of the dense model every rule starts from")
@@ -75,14 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "reduced-cost sweep: 15)")
     p.add_argument("--max-retrain-epochs", type=int, default=2)
     p.add_argument("--max-iterations", type=int, default=30)
-    p.add_argument("--tiny", action="store_true",
-                   help="a few hundred examples, a small MLP, two rules, two seeds (tests)")
-    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
-                   help="concatenate the rows of DIR/runs.json (e.g. seeds run as separate "
-                        "processes) into OUT and rebuild the summary")
-    p.add_argument("--summarise", action="store_true",
-                   help="only rebuild summary.md and the PNG from OUT/runs.json")
-    p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     if args.tiny:
         args.base_epochs, args.max_iterations, args.max_retrain_epochs = 8, 4, 1
@@ -99,15 +93,6 @@ def rule_config(name: str, args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(percentile=args.percentile, max_retrain_epochs=args.max_retrain_epochs,
                        retrain_lr=lr, tolerance=tol, patience=patience,
                        max_iterations=args.max_iterations)
-
-
-def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error (sample s.d. / sqrt(n); 0 for one value) of finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-    if v.size == 0:
-        return math.nan, math.nan
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
-    return float(v.mean()), se
 
 
 def _experiment(args: argparse.Namespace, seed: int):
@@ -199,7 +184,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         for m in SUMMARY_METRICS:
             vals = [r["final_test_error"] - r["start_test_error"] if m == "test_change"
                     else r[m] for r in rs]
-            s[m], s[m + "_se"] = mean_se(vals)
+            s[m], s[m + "_se"], _ = mean_se(vals)
         out.append(s)
     return out
 
@@ -215,9 +200,9 @@ def markdown(rows: list[dict], command: str) -> str:
     seeds = sorted({r["seed"] for r in rows})
     r0 = rows[0]
     starts = {r["seed"]: r for r in rows}
-    sp, _ = mean_se([starts[s]["start_params"] for s in seeds])
-    sv, sve = mean_se([starts[s]["start_val_error"] for s in seeds])
-    st, ste = mean_se([starts[s]["start_test_error"] for s in seeds])
+    sp, _, _ = mean_se([starts[s]["start_params"] for s in seeds])
+    sv, sve, _ = mean_se([starts[s]["start_val_error"] for s in seeds])
+    st, ste, _ = mean_se([starts[s]["start_test_error"] for s in seeds])
     lines = [
         "# Stopping-rule sweep (recoverable pruning of LeNet-300-100 on MNIST)", "",
         f"Command: `{command}`", "",
@@ -314,23 +299,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     command = "python -m experiments.stopping_rule " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    if args.merge:
-        parts = [json.loads((d / "runs.json").read_text()) for d in args.merge]
-        saved = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
-                 "command": " ; ".join(dict.fromkeys(p["command"] for p in parts))}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "runs.json").write_text(json.dumps(saved, indent=1))
-    if args.summarise or args.merge:
-        saved = json.loads((args.out / "runs.json").read_text())
-        write_outputs(saved["rows"], args.out, saved["command"])
-        print((args.out / "summary.md").read_text())
-        return saved["rows"]
+    saved = saved_rows(args, lambda rows, saved: write_outputs(rows, args.out,
+                                                                saved["command"]))
+    if saved is not None:
+        return saved
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise SystemExit(f"unknown rules {unknown}; known: {list(RULES)}")
     rows: list[dict] = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds(args):
         done = list(rows)
         # outputs after every rule: partial results survive
         rows += run_seed(args, seed, rules, log=lambda m: print(m, flush=True),

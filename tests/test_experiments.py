@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import fig6, stopping_rule
+from experiments.replicates import mean_se
 from gpjax.incremental.phases import (
     PruneConfig,
     Trainer,
@@ -46,10 +47,11 @@ def test_common_target_is_reached_by_every_arm():
 
 
 def test_mean_se():
-    m, s, n = fig6.mean_se([1.0, 3.0, None])
+    m, s, n = mean_se([1.0, 3.0, None])
     assert (m, n) == (2.0, 2) and s == pytest.approx(1.0)
-    assert stopping_rule.mean_se([2.0]) == (2.0, 0.0)
-    assert all(math.isnan(x) for x in stopping_rule.mean_se([]))
+    assert mean_se([2.0]) == (2.0, 0.0, 1)
+    m, s, n = mean_se([])
+    assert math.isnan(m) and math.isnan(s) and n == 0
 
 
 def test_stopping_rule_summary_aggregates_per_rule():
