@@ -27,7 +27,7 @@ from gpjax.masks import (
     dormant_is_zero,
     init_masks,
 )
-from gpjax.optim import MaskedState, masked
+from gpjax.optim import MaskedState, masked, sync_masks
 from gpjax.prune import prune
 
 __version__ = "0.1.0"
@@ -47,4 +47,5 @@ __all__ = [
     "init_masks",
     "masked",
     "prune",
+    "sync_masks",
 ]

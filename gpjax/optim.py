@@ -18,6 +18,10 @@ On each update:
 3. the update is ``u * M`` on active entries and ``-w`` on dormant ones, so that after
    ``apply_updates`` every dormant weight is exactly 0 (``W * M == W``), whatever it was.
 
+Masks changed *between* updates by code that does not see the optimiser state (``gpjax.prune``)
+are told to it with :func:`sync_masks`; otherwise an entry pruned and grown again before the
+next update would look unchanged and keep its old momentum.
+
 Because of that invariant a train step may compute the forward pass with ``W`` directly: the
 gradient with respect to the effective weights ``W * M`` equals the plain gradient with respect
 to ``W``, and the mask is needed only here, fused into the optimiser step.
@@ -97,3 +101,27 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
         return new_updates, MaskedState(inner_state, full)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sync_masks(state: MaskedState, masks: PyTree) -> MaskedState:
+    """Tells a :func:`masked` optimiser state about masks changed outside an update.
+
+    Entries dormant in ``masks`` lose their optimiser state (zeroed in every params-shaped part
+    of the inner state) and count as off, so that if they are grown again before the next
+    update they start fresh there, as newly grown entries do. Call it after pruning:
+    ``opt_state = gpjax.sync_masks(opt_state, masks)``. Entries turned on in ``masks`` are
+    left to the next update, which resets them as it always does. Jittable; masks are values.
+
+    Args:
+      state: the :class:`MaskedState`.
+      masks: the current masks pytree (``None`` on unmasked leaves).
+
+    Returns:
+      The state with dormant entries' optimiser state zeroed and ``previous_masks`` off there.
+    """
+    params_def = jax.tree.structure(state.previous_masks)
+    full = M.full_masks(masks, state.previous_masks)
+    off = jax.tree.map(lambda m: ~m, full)
+    inner_state = _reset_where(state.inner_state, off, params_def)
+    previous = jax.tree.map(lambda p, m: p & m, state.previous_masks, full)
+    return MaskedState(inner_state, previous)

@@ -141,7 +141,8 @@ def scale_by_learning_rate_arg() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+        cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformationExtraArgs:
     """``gpjax.masked`` optimiser from a recipe; call ``update(..., masks=, learning_rate=)``.
 
     Create it once per run: it is a static argument of the jitted epoch.
@@ -444,7 +445,7 @@ def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
     return float(total) / n
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frozen_pair_loss(task: Task) -> Callable:
     # One function object per task, so accumulate_gradients compiles once per task.
     def loss(pair, batch):

@@ -159,7 +159,8 @@ def test_structure_and_shape_mismatch_named(tmp_path):
     ck = RoundCheckpointer(tmp_path, config={})
     ck.save(1, state, {})
 
-    wider = _state(n_hidden=40, abstract=True)  # different shapes everywhere Dense_0/Dense_1 touch 32
+    # different shapes everywhere Dense_0/Dense_1 touch 32
+    wider = _state(n_hidden=40, abstract=True)
     with pytest.raises(CheckpointMismatchError) as e:
         ck.restore_latest(wider)
     msg = str(e.value)
@@ -366,7 +367,8 @@ SHARD_CHILD = textwrap.dedent("""
                    shards=len(st["params"]["w"].addressable_shards))
     if "save" in mode:
         ck = RoundCheckpointer(dst, config={"shard": 1})
-        state = {"params": {"w": jax.device_put(w, sh), "b": jax.device_put(np.ones(6, np.float32), rep)},
+        state = {"params": {"w": jax.device_put(w, sh),
+                            "b": jax.device_put(np.ones(6, np.float32), rep)},
                  "masks": {"w": jax.device_put(m, sh), "b": None},
                  "key": jax.random.key(7)}
         assert len(state["params"]["w"].addressable_shards) == n

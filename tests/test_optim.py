@@ -107,6 +107,40 @@ def test_grown_weight_starts_with_zero_adam_moments():
                                rtol=1e-6)
 
 
+def test_sync_masks_gives_pruned_then_regrown_entries_fresh_state():
+    # Pruned (outside the optimiser) and grown again with no update in between: without
+    # sync_masks the optimiser cannot see the change; with it the entry restarts from zero
+    # momentum, like any newly grown entry.
+    rng, params, masks = _setup(2)
+    i, j = 0, 2
+    on = {**masks, "out": {"kernel": masks["out"]["kernel"].at[i, j].set(True)}}
+    off = {**masks, "out": {"kernel": masks["out"]["kernel"].at[i, j].set(False)}}
+    tx = gpjax.masked(optax.sgd(0.1, momentum=0.9))
+    state = tx.init(params)
+    for _ in range(5):
+        u, state = tx.update(_grads(rng, params), state, params, masks=on)
+        params = optax.apply_updates(params, u)
+    other = (1, 0) if bool(on["out"]["kernel"][1, 0]) else None
+    trace_before = state.inner_state[0].trace["out"]["kernel"]
+    assert trace_before[i, j] != 0
+    synced = jax.jit(gpjax.sync_masks)(state, off)  # after a prune that removed (i, j)
+    trace = synced.inner_state[0].trace["out"]["kernel"]
+    assert trace[i, j] == 0 and not synced.previous_masks["out"]["kernel"][i, j]
+    if other is not None:  # still-active entries keep their momentum
+        assert trace[other] == trace_before[other]
+    chex.assert_trees_all_equal(synced.previous_masks["dense"]["kernel"],
+                                state.previous_masks["dense"]["kernel"] & masks["dense"]["kernel"])
+    g = _grads(rng, params)
+    for st, fresh in ((synced, True), (state, False)):
+        _, after = tx.update(g, st, params, masks=on)  # grown again, then one update
+        got = float(after.inner_state[0].trace["out"]["kernel"][i, j])
+        gij = float(g["out"]["kernel"][i, j])
+        if fresh:
+            assert got == pytest.approx(gij, rel=1e-6)
+        else:  # what the stale state gives: the old momentum carries over
+            assert got == pytest.approx(0.9 * float(trace_before[i, j]) + gij, rel=1e-6)
+
+
 def _masked_np(g, masks):
     return {"dense": {"kernel": np.where(masks["dense"]["kernel"], g["dense"]["kernel"], 0.0),
                       "bias": np.asarray(g["dense"]["bias"])},

@@ -178,10 +178,12 @@ def test_demo_end_to_end(tmp_path):
     stages = [r["stage"] for r in saved["rows"]]
     assert stages[0].startswith("initial") and stages[-1] == "non-recoverable pruning"
     rows = {r["stage"]: r for r in result["rows"]}
-    assert rows["after growth"]["active_params"] > rows["initial (10% random mask)"]["active_params"]
+    initial = rows["initial (10% random mask)"]
+    assert rows["after growth"]["active_params"] > initial["active_params"]
     assert rows["recoverable pruning"]["active_params"] < rows["after growth"]["active_params"]
     assert rows["recoverable pruning"]["dead_units"] <= rows["after growth"]["dead_units"]
-    assert rows["non-recoverable pruning"]["active_params"] <= rows["recoverable pruning"]["active_params"]
+    assert (rows["non-recoverable pruning"]["active_params"]
+            <= rows["recoverable pruning"]["active_params"])
     assert rows["after growth"]["test_error"] < 20.0
     assert optax  # the optimiser library is what the demo trains with
 

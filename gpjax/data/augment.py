@@ -49,7 +49,8 @@ def _inverse_maps(key: jax.Array, b: int, cfg: AffineConfig) -> tuple[jax.Array,
     return inv, shift
 
 
-def affine_augment(key: jax.Array, images: jax.Array, cfg: AffineConfig = AffineConfig()) -> jax.Array:
+def affine_augment(key: jax.Array, images: jax.Array,
+                   cfg: AffineConfig = AffineConfig()) -> jax.Array:
     """Applies an independent random affine distortion to every image of a batch.
 
     Output pixel ``p`` samples the input bilinearly at ``A^-1 (p - c - t) + c`` (``c`` the image

@@ -361,7 +361,8 @@ class RoundCheckpointer:
     # -- restoring
     def _read_doc(self, step: int) -> dict:
         try:
-            out = self._manager.restore(step, args=ocp.args.Composite(**{_DOC: ocp.args.JsonRestore()}))
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(**{_DOC: ocp.args.JsonRestore()}))
             doc = out[_DOC]
         except Exception as e:  # any read failure means a damaged step
             raise CheckpointCorruptError(f"step {step}: cannot read its manifest: "
@@ -418,7 +419,8 @@ class RoundCheckpointer:
                 sample = jax.random.key_data(jax.random.key(0, impl=rec["impl"]))
                 sharding = _key_data_sharding(sharding, sample.ndim)
                 shape = shape + tuple(sample.shape)
-            if isinstance(x, (np.ndarray, np.generic)) or jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            if (isinstance(x, (np.ndarray, np.generic))
+                    or jax.dtypes.canonicalize_dtype(dtype) != dtype):
                 # host target: exact bytes (e.g. int64 without jax_enable_x64), placed below
                 targets[rec["name"]] = np.zeros(shape, dtype)
                 if not isinstance(x, (np.ndarray, np.generic)):

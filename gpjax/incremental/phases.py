@@ -272,7 +272,9 @@ def prune_and_retrain(
             log.stopped = "exhausted"  # nothing left that may be pruned
             break
         active = new_active
-        state = state._replace(params=params, masks=masks)
+        # The optimiser forgets the pruned entries (a later growth starts them fresh).
+        state = state._replace(params=params, masks=masks,
+                               opt_state=gpjax.sync_masks(state.opt_state, masks))
         err = trainer.error(state, validation)
         retrained = 0
         while err > limit and retrained < cfg.max_retrain_epochs:
