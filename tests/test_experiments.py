@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import fig6, stopping_rule
+from experiments import ds2_cpu, fig6, stopping_rule
 from experiments.replicates import mean_se
 from gpjax.incremental.phases import (
     PruneConfig,
@@ -153,3 +153,18 @@ def test_fig6_tiny_end_to_end(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "Target rules" in md and "ratio merged / ours" in md
     assert (tmp_path / "fig6.png").stat().st_size > 0
+
+
+def test_ds2_cpu_tiny_end_to_end(tmp_path):
+    run = ds2_cpu.main(["--tiny", "--epochs", "2", "--out", str(tmp_path)])
+    curve = run["curve"]
+    assert [r["epoch"] for r in curve] == [1, 2] and run["n_validation"] == 10
+    assert curve[1]["steps"] == 2 * (run["n_train"] // run["batch_size"])
+    assert curve[1]["train_loss"] < curve[0]["train_loss"]  # CTC loss falls from its start
+    for r in curve:
+        assert 0.0 <= r["val_cer"] and 0.0 <= r["val_wer"]
+    assert run["test_cer"] >= 0.0 and run["total_minutes"] >= run["train_minutes"] > 0
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert saved["curve"] == curve and "--tiny" in saved["command"]
+    assert (tmp_path / "ds2_cpu.png").stat().st_size > 0
+    assert (tmp_path / "curve.csv").read_text().count("\n") == 3

@@ -1,0 +1,144 @@
+"""DeepSpeech2-H-LSTM at CPU size on the synthetic AN4-like corpus: how far it gets, how fast.
+
+    nice python -m experiments.ds2_cpu --out results/ds2_cpu        # ~25 min on 2 quiet cores
+    python -m experiments.ds2_cpu --tiny --out /tmp/ds2             # seconds (tests)
+
+Trains the ``ds2_hlstm_synthetic_small`` config's model (3 convolutions of 8 channels, 3
+bidirectional H-LSTM layers of 64, 370K dense parameters) dense on the corpus' 848 training
+utterances with that config's recipe (Adam, gradients clipped to norm 5, decoupled weight
+decay 1e-4, cosine decay from ``--lr`` over all ``--epochs``, batch 16), as the TFS baseline's
+training phase does, through the same library functions (:func:`gpjax.train.train_epoch`,
+the config's task and test metrics). After every epoch: training loss and greedy-decoding WER
+and CER on the 100 validation utterances; at the end, WER and CER on the 130 test utterances.
+
+CTC models first sit on a plateau where greedy decoding emits only blanks (WER/CER 100%); how
+many epochs that lasts varies with the seed (the run in experiments/README.md left it after
+~12 epochs; another seed of the same recipe through ``gpjax run`` was still near it after 43).
+
+Writes ``runs.json`` (settings, per-epoch curve, test figures, wall times), ``curve.csv``,
+``summary.md`` and ``ds2_cpu.png`` (loss and validation CER/WER per epoch) to ``--out``, after
+every epoch (a stopped run keeps its curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from gpjax.incremental.configs import build, get_config
+from gpjax.masks import count_params, init_masks
+from gpjax.train import TrainState, cosine_rates, make_optimizer, steps_per_epoch, train_epoch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("results/ds2_cpu"))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0,
+                   help="init key = seed, training key = seed + 1 (corpus fixed)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after the epoch that passes this training+evaluation time")
+    p.add_argument("--tiny", action="store_true", help="the tiny corpus and model (tests)")
+    return p.parse_args(argv)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.plot(ep, [r["train_loss"] for r in rows], marker=".")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training CTC loss (per utterance)")
+    ax2.plot(ep, [r["val_cer"] for r in rows], marker=".", label="validation CER")
+    ax2.plot(ep, [r["val_wer"] for r in rows], marker=".", label="validation WER")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("% (greedy CTC decoding)")
+    ax2.legend()
+    fig.suptitle("DeepSpeech2-H-LSTM (CPU size) on the synthetic AN4-like corpus")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, run: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs.json").write_text(json.dumps(run, indent=1))
+    rows = run["curve"]
+    with open(out / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"# {run['config']}: dense training on the synthetic corpus", "",
+             f"Command: `{run['command']}`", "",
+             f"{run['params']:,} parameters; {run['n_train']} training, {run['n_validation']} "
+             f"validation, {run['n_test']} test utterances; batch {run['batch_size']}, Adam "
+             f"peak lr {run['lr']:g} (cosine over {run['epochs']} epochs), seed {run['seed']}.",
+             "", "| epoch | steps | train loss | val WER % | val CER % | minutes |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['epoch']} | {r['steps']} | {r['train_loss']:.2f} | {r['val_wer']:.1f} | "
+              f"{r['val_cer']:.1f} | {r['minutes']:.1f} |" for r in rows]
+    if "test_wer" in run:
+        lines += ["", f"**Test ({run['n_test']} utterances): WER {run['test_wer']:.1f}%, CER "
+                      f"{run['test_cer']:.1f}%** after {run['train_minutes']:.1f} min of "
+                      f"training ({run['total_minutes']:.1f} min with evaluation)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / "ds2_cpu.png")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    command = "python -m experiments.ds2_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    name = "ds2_hlstm_synthetic_tiny" if args.tiny else "ds2_hlstm_synthetic_small"
+    cfg = dataclasses.replace(get_config(name), chunks=1, initial_chunks=1, rounds=1)
+    exp = build(cfg)
+    train, val, test = exp.scenario.train, exp.scenario.validation, exp.scenario.test
+    params, aux = exp.task.init(jax.random.key(args.seed), exp.example_batch)
+    masks = init_masks(params)
+    tx = make_optimizer(cfg.optimizer)
+    state = TrainState(params, masks, aux, tx.init(params), jax.random.key(args.seed + 1))
+    n = len(train[0])
+    steps = steps_per_epoch(n, args.batch_size)
+    run = {"command": command, "config": name, "params": count_params(masks).active,
+           "n_train": n, "n_validation": len(val[0]), "n_test": len(test[0]),
+           "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
+           "seed": args.seed, "optimizer": dataclasses.asdict(cfg.optimizer), "curve": []}
+    t0, train_s = time.perf_counter(), 0.0
+    for e in range(args.epochs):
+        t = time.perf_counter()
+        rates = cosine_rates(args.lr, steps, start=e * steps, total=args.epochs * steps)
+        state, loss = train_epoch(state, train, rates, task=exp.task, tx=tx,
+                                  batch_size=args.batch_size)
+        loss = float(loss)
+        train_s += time.perf_counter() - t
+        m = exp.test_metrics(state.params, state.aux, val)
+        row = {"epoch": e + 1, "steps": (e + 1) * steps, "train_loss": loss,
+               "val_wer": m["test_error"], "val_cer": m["test_cer"],
+               "minutes": (time.perf_counter() - t0) / 60}
+        run["curve"].append(row)
+        print(json.dumps(row), flush=True)
+        write_outputs(args.out, run)
+        if args.minutes is not None and row["minutes"] >= args.minutes:
+            break
+    m = exp.test_metrics(state.params, state.aux, test)
+    run.update(test_wer=m["test_error"], test_cer=m["test_cer"], train_minutes=train_s / 60,
+               total_minutes=(time.perf_counter() - t0) / 60)
+    write_outputs(args.out, run)
+    print((args.out / "summary.md").read_text())
+    return run
+
+
+if __name__ == "__main__":
+    main()
