@@ -3,7 +3,9 @@
     python -m experiments.mnist_demo --out results/demo            # ~10 min on 2 CPU cores
     python -m experiments.mnist_demo --out results/demo-full --full
 
-1. Start from a random mask at 10% density (dormant weights zeroed).
+1. Start from a random mask at 10% density (dormant weights zeroed), with one connection
+   switched on for every neuron the draw left without an input or an output
+   (:func:`gpjax.connect_units`; ``--no-connect`` keeps the plain draw).
 2. Grow-and-train: every ``--grow-every`` epochs, evaluate the epoch-mean gradient with
    parameters frozen and grow the dormant connections at or above the ``--alpha``-th
    percentile of gradient magnitude (SPEC eq. 1), starting them at ``-lr * g``; train with SGD
@@ -48,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("results/demo"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--density", type=float, default=0.1, help="initial random mask density")
+    p.add_argument("--no-connect", action="store_true",
+                   help="keep the plain random mask, even where it leaves neurons unconnected")
     p.add_argument("--epochs", type=int, default=15, help="grow-and-train epochs")
     p.add_argument("--grow-every", type=int, default=3, help="epochs between growth steps")
     p.add_argument("--alpha", type=float, default=80.0, help="growth percentile (eq. 1)")
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = classifier_task(LeNet300(), augment=None if args.no_augment else affine_augment)
     trainer = Trainer(task, make_optimizer(OptimizerConfig()), batch_size=args.batch_size,
                       progress=not args.no_progress)
-    state = new_state(trainer, jax.random.key(args.seed), train, density=args.density)
+    state = new_state(trainer, jax.random.key(args.seed), train, density=args.density,
+                      connect=not args.no_connect)
     rows = []
 
     def record(stage: str, st, epochs: float) -> None:

@@ -123,6 +123,20 @@ def test_growth_gradients_equal_full_batch_gradient(mnist_small, trainer):
     assert float(jnp.abs(jnp.where(state.masks["fc2"]["kernel"], 0.0, k)).sum()) > 0
 
 
+def test_new_state_connect_leaves_no_dead_unit(mnist_small, trainer):
+    train, _ = mnist_small
+    fed = trainer.task.input_kernels
+    plain = new_state(trainer, jax.random.key(4), train, density=0.02)
+    fixed = new_state(trainer, jax.random.key(4), train, density=0.02, connect=True)
+    assert any(d.inputs + d.outputs for d in gpjax.dead_units(plain.masks, input_fed=fed).values())
+    assert not any(d.inputs + d.outputs
+                   for d in gpjax.dead_units(fixed.masks, input_fed=fed).values())
+    # the repair only adds connections to the same draw, and the new ones start at zero
+    for p, f in zip(jax.tree.leaves(plain.masks), jax.tree.leaves(fixed.masks), strict=True):
+        assert bool(jnp.all(f | ~p))
+    assert gpjax.dormant_is_zero(fixed.params, fixed.masks)
+
+
 def test_grow_and_train_then_prune(mnist_small, trainer):
     train, val = mnist_small
     state = new_state(trainer, jax.random.key(4), train, density=0.05)
@@ -179,6 +193,7 @@ def test_demo_end_to_end(tmp_path):
     assert stages[0].startswith("initial") and stages[-1] == "non-recoverable pruning"
     rows = {r["stage"]: r for r in result["rows"]}
     initial = rows["initial (10% random mask)"]
+    assert initial["dead_units"] == 0  # connect_units repaired the 10% draw
     assert rows["after growth"]["active_params"] > initial["active_params"]
     assert rows["recoverable pruning"]["active_params"] < rows["after growth"]["active_params"]
     assert rows["recoverable pruning"]["dead_units"] <= rows["after growth"]["dead_units"]

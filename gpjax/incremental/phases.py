@@ -309,16 +309,30 @@ def _copy_state(state: TrainState) -> TrainState:
 
 def new_state(trainer: Trainer, key: jax.Array, example_batch: Any, *, density: float = 1.0,
               params: PyTree | None = None, aux: PyTree | None = None,
-              masks: PyTree | None = None) -> TrainState:
+              masks: PyTree | None = None, connect: bool = False) -> TrainState:
     """A fresh :class:`TrainState`: random init (or the given params) with masks at ``density``.
 
     Dormant weights are zeroed, and the optimiser state is new.
+
+    Args:
+      trainer: gives the task (model init, input kernels) and the optimiser.
+      key: PRNG key for the init, the mask draw and the training key.
+      example_batch: a batch the model is initialised on.
+      density: fraction of each kernel's entries active in a new random mask.
+      params, aux: start from these instead of a random init.
+      masks: start from these instead of a random mask.
+      connect: give every neuron of the new random mask an input and an output connection
+        (:func:`gpjax.connect_units`, the task's input kernels exempt), so that none starts
+        dead; ignored when ``masks`` are given.
     """
     k_init, k_mask, k_run = jax.random.split(key, 3)
     if params is None:
         params, aux = trainer.task.init(k_init, example_batch)
     if masks is None:
         masks = gpjax.init_masks(params, density=density, key=k_mask)
+        if connect:
+            masks = gpjax.connect_units(masks, seed=jax.random.fold_in(k_mask, 1),
+                                        input_fed=list(trainer.task.input_kernels))
     params = gpjax.apply_masks(params, masks)
     return TrainState(params, masks, aux if aux is not None else {}, trainer.tx.init(params),
                       k_run)
