@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="init key = seed, training key = seed + 1 (corpus fixed)")
     p.add_argument("--minutes", type=float, default=None,
                    help="stop after the epoch that passes this training+evaluation time")
+    p.add_argument("--model-kwargs", type=json.loads, default={},
+                   help='JSON merged into the config\'s model arguments, e.g. '
+                        '\'{"conv_strides": [[2, 2], [2, 1], [1, 1]]}\' for a 4x time stride')
     p.add_argument("--tiny", action="store_true", help="the tiny corpus and model (tests)")
     return p.parse_args(argv)
 
@@ -83,6 +86,7 @@ def write_outputs(out: Path, run: dict) -> None:
         w.writerows(rows)
     lines = [f"# {run['config']}: dense training on the synthetic corpus", "",
              f"Command: `{run['command']}`", "",
+             f"Model arguments: `{json.dumps(run['model_kwargs'])}`.", "",
              f"{run['params']:,} parameters; {run['n_train']} training, {run['n_validation']} "
              f"validation, {run['n_test']} test utterances; batch {run['batch_size']}, Adam "
              f"peak lr {run['lr']:g} (cosine over {run['epochs']} epochs), seed {run['seed']}.",
@@ -102,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = "python -m experiments.ds2_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
     name = "ds2_hlstm_synthetic_tiny" if args.tiny else "ds2_hlstm_synthetic_small"
-    cfg = dataclasses.replace(get_config(name), chunks=1, initial_chunks=1, rounds=1)
+    base = get_config(name)
+    cfg = dataclasses.replace(base, chunks=1, initial_chunks=1, rounds=1,
+                              model_kwargs={**base.model_kwargs, **args.model_kwargs})
     exp = build(cfg)
     train, val, test = exp.scenario.train, exp.scenario.validation, exp.scenario.test
     params, aux = exp.task.init(jax.random.key(args.seed), exp.example_batch)
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = {"command": command, "config": name, "params": count_params(masks).active,
            "n_train": n, "n_validation": len(val[0]), "n_test": len(test[0]),
            "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
-           "seed": args.seed, "optimizer": dataclasses.asdict(cfg.optimizer), "curve": []}
+           "seed": args.seed, "model_kwargs": cfg.model_kwargs,
+           "optimizer": dataclasses.asdict(cfg.optimizer), "curve": []}
     t0, train_s = time.perf_counter(), 0.0
     for e in range(args.epochs):
         t = time.perf_counter()

@@ -156,7 +156,8 @@ def test_fig6_tiny_end_to_end(tmp_path):
 
 
 def test_ds2_cpu_tiny_end_to_end(tmp_path):
-    run = ds2_cpu.main(["--tiny", "--epochs", "2", "--out", str(tmp_path)])
+    run = ds2_cpu.main(["--tiny", "--epochs", "2", "--out", str(tmp_path),
+                        "--model-kwargs", '{"conv_strides": [[2, 2], [2, 1], [1, 1]]}'])
     curve = run["curve"]
     assert [r["epoch"] for r in curve] == [1, 2] and run["n_validation"] == 10
     assert curve[1]["steps"] == 2 * (run["n_train"] // run["batch_size"])
@@ -167,4 +168,6 @@ def test_ds2_cpu_tiny_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "runs.json").read_text())
     assert saved["curve"] == curve and "--tiny" in saved["command"]
     assert (tmp_path / "ds2_cpu.png").stat().st_size > 0
+    assert saved["model_kwargs"]["conv_strides"] == [[2, 2], [2, 1], [1, 1]]
+    assert saved["model_kwargs"]["rnn_features"] == 16  # the tiny config's, kept
     assert (tmp_path / "curve.csv").read_text().count("\n") == 3

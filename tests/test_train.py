@@ -204,16 +204,20 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_scan_choice_and_per_step_epoch_equals_scanned(mnist_small):
-    # On CPU a convolutional (or recurrent) loss steps from Python, an MLP keeps the scan; both
-    # ways draw the same permutation and keys, so one epoch gives the same parameters.
+    # On CPU a loss with XLA convolutions (or a recurrent scan) steps from Python; an MLP keeps
+    # the scan, and so does a ResNet whose convolutions are im2col matrix multiplies (the CPU
+    # default). Both ways draw the same permutation and keys, so one epoch gives the same
+    # parameters.
     from gpjax.models import ResNet18
     from gpjax.train import _key_bits, scan_pays
 
     train = (mnist_small[0][0][:256], mnist_small[0][1][:256])
     tx = make_optimizer(OptimizerConfig())
     results = {}
-    tiny_resnet = ResNet18(num_classes=10, small_stem=True, width=4, stage_sizes=(1, 1, 1, 1))
-    for name, model in (("mlp", SMALL), ("conv", tiny_resnet)):
+    tiny = dict(num_classes=10, small_stem=True, width=4, stage_sizes=(1, 1, 1, 1))
+    models = (("mlp", SMALL), ("conv", ResNet18(**tiny, conv_impl="xla")),
+              ("im2col", ResNet18(**tiny, conv_impl="im2col")))
+    for name, model in models:
         task = classifier_task(model)
         trainer = Trainer(task, tx, batch_size=32, progress=False)
         st = new_state(trainer, jax.random.PRNGKey(0), train, density=0.5)
@@ -230,4 +234,4 @@ def test_scan_choice_and_per_step_epoch_equals_scanned(mnist_small):
             np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
             np.testing.assert_array_equal(_key_bits(a.key), _key_bits(b.key))
             assert gpjax.dormant_is_zero(b.params, b.masks)
-    assert results == {"mlp": True, "conv": jax.default_backend() != "cpu"}
+    assert results == {"mlp": True, "conv": jax.default_backend() != "cpu", "im2col": True}
