@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job: grow-and-prune LeNet-300-100 on MNIST from a 10%-dense mask (~10 min on 2 CPU cores).
+## The main job: grow-and-prune LeNet-300-100 on MNIST from a 10%-dense mask (3-10 min on 2 CPU cores).
 demo: $(STAMP)
 	$(BIN)/python -m experiments.mnist_demo --out results/demo $(ARGS)
 

@@ -1,6 +1,6 @@
 """The main job: grow-and-prune LeNet-300-100 on MNIST from a 10%-dense random mask.
 
-    python -m experiments.mnist_demo --out results/demo            # ~10 min on 2 CPU cores
+    python -m experiments.mnist_demo --out results/demo            # 3-10 min on 2 CPU cores
     python -m experiments.mnist_demo --out results/demo-full --full
 
 1. Start from a random mask at 10% density (dormant weights zeroed), with one connection
