@@ -1,6 +1,6 @@
 """DeepSpeech2-H-LSTM at CPU size on the synthetic AN4-like corpus: how far it gets, how fast.
 
-    nice python -m experiments.ds2_cpu --out results/ds2_cpu        # ~25 min on 2 quiet cores
+    nice python -m experiments.ds2_cpu --out results/ds2_cpu        # ~24 min on 2 quiet cores
     python -m experiments.ds2_cpu --tiny --out /tmp/ds2             # seconds (tests)
 
 Trains the ``ds2_hlstm_synthetic_small`` config's model (3 convolutions of 8 channels, 3
@@ -12,8 +12,9 @@ the config's task and test metrics). After every epoch: training loss and greedy
 and CER on the 100 validation utterances; at the end, WER and CER on the 130 test utterances.
 
 CTC models first sit on a plateau where greedy decoding emits only blanks (WER/CER 100%); how
-many epochs that lasts varies with the seed (the run in experiments/README.md left it after
-~12 epochs; another seed of the same recipe through ``gpjax run`` was still near it after 43).
+many epochs that lasts varies with the recipe and the seed (the committed runs in
+``experiments/results/ds2_cpu*/`` left it after 9 and 6 epochs; 424-848 steps through ``gpjax
+run`` with other learning rates did not leave it, see experiments/README.md).
 
 Writes ``runs.json`` (settings, per-epoch curve, test figures, wall times), ``curve.csv``,
 ``summary.md`` and ``ds2_cpu.png`` (loss and validation CER/WER per epoch) to ``--out``, after
