@@ -33,7 +33,7 @@ from pathlib import Path
 
 import jax
 
-from gpjax.incremental.configs import build, get_config
+from gpjax.incremental import build, get_config
 from gpjax.masks import count_params, init_masks
 from gpjax.train import TrainState, cosine_rates, make_optimizer, steps_per_epoch, train_epoch
 

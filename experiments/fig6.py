@@ -47,7 +47,7 @@ import numpy as np
 
 import gpjax
 from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
-from gpjax.incremental.configs import build, get_config
+from gpjax.incremental import build, get_config
 from gpjax.incremental.cost import normalised_epochs
 from gpjax.incremental.phases import Trainer, grow_and_train, new_state, prune_and_retrain
 from gpjax.incremental.policies import Policy, RoundPlan, make_policy

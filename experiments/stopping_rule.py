@@ -35,7 +35,7 @@ import numpy as np
 
 import gpjax
 from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
-from gpjax.incremental.configs import build, get_config
+from gpjax.incremental import build, get_config
 from gpjax.incremental.phases import (
     PruneConfig,
     Trainer,

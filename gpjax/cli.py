@@ -120,7 +120,7 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gpjax.incremental.configs import build
+    from gpjax.incremental.experiment import build
     from gpjax.incremental.loop import run, run_dir
 
     policies = _parse_list(args.policy)

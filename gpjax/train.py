@@ -1,11 +1,11 @@
 """Masked training, evaluation and growth gradients for any model: the one loop every phase uses.
 
-A :class:`Task` says how to compute a model's loss and per-example errors from
-``(params, aux, batch)``; ``aux`` holds non-trainable collections (batch norm statistics). A
-:class:`TrainState` carries ``(params, masks, aux, opt_state, key)``. Data are pytrees of arrays
-with a leading example axis (e.g. ``(images [N, 28, 28, 1], labels [N])``); an epoch is one
-jitted ``lax.scan`` over a seeded permutation, so masks, learning rates and data values never
-trigger recompilation (a new data *size* does, once).
+A :class:`~gpjax.tasks.Task` (:mod:`gpjax.tasks`) says how to compute a model's loss and
+per-example errors from ``(params, aux, batch)``. A :class:`TrainState` carries
+``(params, masks, aux, opt_state, key)``. Data are pytrees of arrays with a leading example
+axis (e.g. ``(images [N, 28, 28, 1], labels [N])``); an epoch is one jitted ``lax.scan`` over a
+seeded permutation, so masks, learning rates and data values never trigger recompilation (a new
+data *size* does, once).
 
 Optimisers come from :func:`make_optimizer`: ``gpjax.masked`` around an optax chain whose last
 step scales by a ``learning_rate`` passed at update time, so one compiled epoch serves any
@@ -27,82 +27,10 @@ import optax
 from gpjax.data import stream
 from gpjax.grow import accumulate_gradients
 from gpjax.optim import masked
+from gpjax.tasks import Task, classifier_task  # noqa: F401 - public here too
 
 PyTree = Any
 Batch = Any
-
-
-class Task(NamedTuple):
-    """How to train and evaluate one model (hashable: it is a static jit argument).
-
-    Attributes:
-      init: ``init(key, example_batch) -> (params, aux)``.
-      loss: ``loss(params, aux, batch, key) -> (scalar, new_aux)`` in training mode
-        (dropout, batch statistics updated, augmentation applied).
-      frozen_loss: ``frozen_loss(params, aux, batch) -> scalar`` in inference mode, for growth
-        gradients (parameters and statistics frozen).
-      example_errors: ``example_errors(params, aux, batch) -> [B]`` per-example error (0/1 for
-        classification), averaged by :func:`evaluate`.
-      input_kernels: fnmatch patterns of kernels fed by the network input (see ``prune``).
-    """
-
-    init: Callable
-    loss: Callable
-    frozen_loss: Callable
-    example_errors: Callable
-    input_kernels: tuple[str, ...] = ()
-
-
-def _split_variables(variables: dict) -> tuple[PyTree, PyTree]:
-    variables = dict(variables)
-    return variables.pop("params"), variables
-
-
-def classifier_task(
-    model: Any,
-    *,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-) -> Task:
-    """A :class:`Task` for a Flax linen classifier called as ``model.apply(vars, x, train=...)``.
-
-    Args:
-      model: a Flax linen module taking ``(x, train: bool)`` and returning logits ``[B, K]``.
-      augment: optional ``augment(key, x) -> x`` applied to training batches (jittable).
-
-    Returns:
-      A task over batches ``(x [B, ...], labels int [B])`` with softmax cross-entropy loss.
-    """
-
-    def init(key: jax.Array, batch: Batch) -> tuple[PyTree, PyTree]:
-        x = batch[0]
-        variables = model.init({"params": key, "dropout": key}, x[:1], train=False)
-        return _split_variables(variables)
-
-    def loss(params, aux, batch, key):
-        x, y = batch
-        k_aug, k_drop = jax.random.split(key)
-        if augment is not None:
-            x = augment(k_aug, x)
-        mutable = list(aux.keys()) or False
-        out = model.apply({"params": params, **aux}, x, train=True, rngs={"dropout": k_drop},
-                          mutable=mutable)
-        logits, new_aux = out if mutable else (out, aux)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-        return jnp.mean(ce), dict(new_aux)
-
-    def frozen_loss(params, aux, batch):
-        x, y = batch
-        logits = model.apply({"params": params, **aux}, x, train=False)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), y))
-
-    def example_errors(params, aux, batch):
-        x, y = batch
-        logits = model.apply({"params": params, **aux}, x, train=False)
-        return (jnp.argmax(logits, -1) != y).astype(jnp.float32)
-
-    return Task(init, loss, frozen_loss, example_errors,
-                tuple(getattr(model, "input_kernels", ())))
 
 
 @dataclasses.dataclass(frozen=True)

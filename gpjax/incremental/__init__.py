@@ -9,9 +9,11 @@ Typical use::
 or ``gpjax run --config lenet300_mnist --policy growprune --out results``.
 """
 
-from gpjax.incremental.configs import CONFIGS, Experiment, ExperimentConfig, build, get_config
+from gpjax.incremental.configs import CONFIGS, ExperimentConfig, get_config
 from gpjax.incremental.cost import Cost, normalised_epochs
-from gpjax.incremental.loop import run, run_dir
+from gpjax.incremental.experiment import Experiment, build
+from gpjax.incremental.lock import DirectoryLock, DirectoryLockedError
+from gpjax.incremental.loop import ResultsConflictError, run, run_dir
 from gpjax.incremental.phases import (
     NonFiniteLossError,
     PhaseLog,
@@ -33,12 +35,15 @@ from gpjax.incremental.policies import (
     RoundPlan,
     make_policy,
 )
+from gpjax.incremental.runner import RoundData, UpdateLog, nonrecoverable, start_state, update
 from gpjax.incremental.scenarios import Round, Scenario, class_incremental, data_incremental
 
 __all__ = [
-    "CONFIGS", "NFT", "POLICIES", "TFS", "Cost", "Experiment", "ExperimentConfig", "GrowPrune",
-    "Merged", "NeST", "NonFiniteLossError", "PhaseLog", "PhaseSpec", "Policy", "PruneConfig",
-    "Round", "RoundPlan", "Scenario", "Trainer", "build", "class_incremental",
+    "CONFIGS", "NFT", "POLICIES", "TFS", "Cost", "DirectoryLock", "DirectoryLockedError",
+    "Experiment", "ExperimentConfig", "GrowPrune", "Merged", "NeST", "NonFiniteLossError",
+    "PhaseLog", "PhaseSpec", "Policy", "PruneConfig", "ResultsConflictError", "Round",
+    "RoundData", "RoundPlan", "Scenario", "Trainer", "UpdateLog", "build", "class_incremental",
     "data_incremental", "get_config", "grow_and_train", "make_policy", "new_state",
-    "normalised_epochs", "prune_and_retrain", "run", "run_dir",
+    "nonrecoverable", "normalised_epochs", "prune_and_retrain", "run", "run_dir", "start_state",
+    "update",
 ]

@@ -1,9 +1,11 @@
-"""The experiment registry: every experiment of SPEC as a named, frozen config value.
+"""The experiment registry: every experiment of the paper as a named, frozen config value.
 
 ``gpjax run --config NAME`` looks names up in :data:`CONFIGS`; ``experiments/README.md`` lists
-them. A config says which model, which data, how the data arrive (scenario), the training
-recipe, and per-policy overrides of the policy defaults (SPEC's protocol for that dataset).
-:func:`build` turns a config into the task, scenario and metric functions the loop needs.
+them. A config is pure data: which model (a :data:`gpjax.models.MODELS` name or an import
+path), which data (a :data:`gpjax.data.registry.DATASETS` name), how the data arrive
+(scenario), the training recipe, and per-policy overrides of the policy defaults (the paper's
+protocol for that dataset). :func:`gpjax.incremental.experiment.build` turns a config into the
+task, scenario and metric functions the loop needs.
 
 ``tiny`` variants shrink data, widths and epochs for tests; they keep the code paths.
 """
@@ -12,17 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from gpjax.data.stream import is_streamed, num_examples, take
-from gpjax.incremental.scenarios import Scenario, class_incremental, data_incremental
-from gpjax.metrics import masked_edit_distance
-from gpjax.train import OptimizerConfig, Task, classifier_task
+from gpjax.train import OptimizerConfig
 
 PyTree = Any
 
@@ -33,10 +27,12 @@ class ExperimentConfig:
 
     Attributes:
       name: registry name.
-      model: "lenet300", "lenet5", "resnet18" or "ds2".
+      model: a model spec: "lenet300", "lenet5", "resnet18", "ds2" or "package.module:Class"
+        (:func:`gpjax.models.registry.make_model`).
       model_kwargs: constructor arguments of the model (e.g. ``{"hidden": [32, 16]}``).
       dataset: "mnist" (28x28), "mnist32" (the ResNet stand-in, padded to 32x32), "imagenette",
-        "imagenet2012", "synthetic_an4" or "an4".
+        "imagenet2012", "synthetic_an4", "an4" or "tfds:NAME"
+        (:func:`gpjax.data.registry.load_dataset`); its kind picks the task.
       dataset_kwargs: loader arguments (e.g. ``{"root": ...}`` for AN4, ``n_train`` for
         the synthetic corpus).
       n_train, n_validation, n_test: keep only the first ``n`` examples of each split (after the
@@ -201,189 +197,9 @@ def get_config(name: str) -> ExperimentConfig:
     return CONFIGS[name]
 
 
-# ------------------------------------------------------------------------------------ building
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Experiment:
-    """What the loop needs, built from a config.
-
-    Attributes:
-      config: the config.
-      task: the model's task.
-      scenario: the data rounds.
-      example_batch: a small batch for initialisation.
-      test_metrics: ``test_metrics(params, aux, data) -> {field: percent}``: the test figures
-        of a result row from one evaluation pass: ``test_error`` (error %, WER % for speech)
-        and, for speech, ``test_cer`` (CER % of the same greedy decoding); validation uses the
-        task's per-example error.
-      input_kernels: the model's input-fed kernel patterns.
-    """
-
-    config: ExperimentConfig
-    task: Task
-    scenario: Scenario
-    example_batch: PyTree
-    test_metrics: Callable[[PyTree, PyTree, PyTree], dict[str, float]]
-    input_kernels: tuple[str, ...]
-
-    def test_error(self, params: PyTree, aux: PyTree, data: PyTree) -> float:
-        """The reported metric alone (``test_metrics(...)["test_error"]``)."""
-        return self.test_metrics(params, aux, data)["test_error"]
-
-
-def _first(data: PyTree, n: int | None) -> PyTree:
-    if n is None:
-        return data
-    return take(data, np.arange(min(n, num_examples(data))))
-
-
-def _load_data(cfg: ExperimentConfig) -> tuple[PyTree, PyTree, PyTree, str]:
-    kw = dict(cfg.dataset_kwargs)
-    if cfg.dataset == "mnist":
-        from gpjax.data.mnist import load_mnist
-        m = load_mnist(**kw)
-        return (tuple(m.train), tuple(m.validation), tuple(m.test), m.source)
-    if cfg.dataset in ("mnist32", "imagenette", "imagenet2012"):
-        from gpjax.data.images import load_mnist_images, load_tfds_images
-        d = (load_mnist_images(**kw) if cfg.dataset == "mnist32"
-             else load_tfds_images(cfg.dataset, **kw))
-        # TFDS sets stay streamed splits (gpjax.data.stream: ImageNet does not fit in memory;
-        # training makes each block on the host with the split's crop/flip augmentation); the
-        # small MNIST stand-in is materialised and trained from device memory.
-        splits = []
-        for split, n in ((d.train, cfg.n_train), (d.validation, cfg.n_validation),
-                         (d.test, cfg.n_test)):
-            if n is not None:
-                split = split.subset(np.arange(min(n, len(split))))
-            if cfg.dataset == "mnist32":
-                s = split.to_split()
-                split = (s.images, s.labels)
-            splits.append(split)
-        return splits[0], splits[1], splits[2], d.source
-    if cfg.dataset in ("synthetic_an4", "an4"):
-        from gpjax.data import speech
-        if cfg.dataset == "an4":
-            kw = dict(kw)
-            d = speech.load_an4(kw.pop("root"), **kw)
-        else:
-            d = speech.load_synthetic_an4(**kw)
-        out = []
-        for split in (d.train, d.validation, d.test):
-            out.append((split.features, split.feature_paddings(), split.labels,
-                        split.label_paddings()))
-        return out[0], out[1], out[2], d.source
-    raise ValueError(f"unknown dataset {cfg.dataset!r}")
-
-
-def _make_model(cfg: ExperimentConfig):
-    from gpjax import models
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model_kwargs.items()}
-    if cfg.model == "lenet300":
-        return models.LeNet300(**kw)
-    if cfg.model == "lenet5":
-        return models.LeNet5(**kw)
-    if cfg.model == "resnet18":
-        return models.ResNet18(**kw)
-    if cfg.model == "ds2":
-        if "conv_kernels" in kw:
-            kw["conv_kernels"] = tuple(tuple(k) for k in kw["conv_kernels"])
-        return models.DeepSpeech2(**kw)
-    raise ValueError(f"unknown model {cfg.model!r}")
-
-
-def _speech_task(model) -> Task:
-    from gpjax.models import BLANK_ID, ctc_loss
-
-    def init(key, batch):
-        feats, pads = batch[0], batch[1]
-        variables = model.init({"params": key, "dropout": key}, feats[:1], pads[:1])
-        variables = dict(variables)
-        return variables.pop("params"), variables
-
-    def loss(params, aux, batch, key):
-        feats, pads, labels, lpads = batch
-        logits, lp = model.apply({"params": params, **aux}, feats, pads, train=True,
-                                 rngs={"dropout": key})
-        return ctc_loss(logits.astype(jnp.float32), lp, labels, lpads), aux
-
-    def frozen_loss(params, aux, batch):
-        feats, pads, labels, lpads = batch
-        logits, lp = model.apply({"params": params, **aux}, feats, pads, train=False)
-        return ctc_loss(logits.astype(jnp.float32), lp, labels, lpads)
-
-    def example_errors(params, aux, batch):
-        # Per-utterance character error rate of the greedy decoding (jittable), the
-        # validation measure of the stopping rule; the reported test metric is WER.
-        feats, pads, labels, lpads = batch
-        logits, lp = model.apply({"params": params, **aux}, feats, pads, train=False)
-        best = jnp.argmax(logits, -1)
-        prev = jnp.concatenate([jnp.full_like(best[:, :1], -1), best[:, :-1]], 1)
-        valid = (best != BLANK_ID) & (best != prev) & (lp < 0.5)
-        ref_len = jnp.sum(1.0 - lpads, 1).astype(jnp.int32)
-        dist = jax.vmap(masked_edit_distance)(best, valid, labels, ref_len)
-        return dist / jnp.maximum(ref_len, 1).astype(jnp.float32)
-
-    return Task(init, loss, frozen_loss, example_errors, tuple(model.input_kernels))
-
-
-def _speech_errors(model, params, aux, data, batch_size: int) -> dict[str, float]:
-    """Corpus WER and CER (percent) of the greedy CTC decoding of ``data`` (one pass)."""
-    from gpjax.data.speech import decode_ids
-    from gpjax.metrics import cer, greedy_ctc_decode, wer
-    feats, pads, labels, lpads = data
-    refs, hyps = [], []
-    apply = jax.jit(lambda p, a, f, q: model.apply({"params": p, **a}, f, q, train=False))
-    for s in range(0, len(feats), batch_size):
-        logits, lp = apply(params, aux, jnp.asarray(feats[s:s + batch_size]),
-                           jnp.asarray(pads[s:s + batch_size]))
-        hyps += [decode_ids(h) for h in greedy_ctc_decode(logits, lp)]
-        for lab, lpad in zip(labels[s:s + batch_size], lpads[s:s + batch_size], strict=True):
-            refs.append(decode_ids(lab[np.asarray(lpad) < 0.5]))
-    return {"test_error": 100.0 * wer(refs, hyps), "test_cer": 100.0 * cer(refs, hyps)}
-
-
-def build(cfg: ExperimentConfig, seed: int = 0) -> Experiment:
-    """Loads the data and makes the task and scenario of ``cfg`` for run seed ``seed``."""
-    train, val, test, source = _load_data(cfg)
-    train, val, test = _first(train, cfg.n_train), _first(val, cfg.n_validation), _first(
-        test, cfg.n_test)
-    model = _make_model(cfg)
-    if cfg.model == "ds2":
-        task = _speech_task(model)
-
-        def test_metrics(params, aux, data):
-            return _speech_errors(model, params, aux, data, cfg.eval_batch_size)
-    else:
-        augment = None
-        if cfg.augment:
-            from gpjax.data.augment import affine_augment
-            augment = affine_augment
-        task = classifier_task(model, augment=augment)
-
-        def test_metrics(params, aux, data):
-            from gpjax.train import evaluate
-            return {"test_error": 100.0 * evaluate(params, aux, data, task=task,
-                                                   batch_size=cfg.eval_batch_size)}
-    data_seed = seed if cfg.data_seed is None else cfg.data_seed
-    desc = f"{cfg.name} ({source})"
-    if cfg.scenario == "data":
-        scenario = data_incremental(train, val, test, chunks=cfg.chunks,
-                                    initial=cfg.initial_chunks, seed=data_seed,
-                                    description=desc)
-    elif cfg.scenario == "classes":
-        scenario = class_incremental(train, val, test, cfg.class_rounds, description=desc)
-    else:
-        raise ValueError(f"unknown scenario {cfg.scenario!r}")
-    if cfg.rounds is not None:
-        scenario = scenario.truncated(cfg.rounds)
-    example = train.examples(np.arange(2)) if is_streamed(train) else take(train, np.arange(2))
-    return Experiment(cfg, task, scenario, example, test_metrics, tuple(model.input_kernels))
-
-
 @functools.cache
 def experiment_fields() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 
 
-__all__ = ["CONFIGS", "Experiment", "ExperimentConfig", "build", "get_config"]
+__all__ = ["CONFIGS", "ExperimentConfig", "get_config"]

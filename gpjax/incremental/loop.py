@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,19 +46,20 @@ from tqdm.auto import tqdm
 
 import gpjax
 from gpjax.data.stream import is_streamed
-from gpjax.incremental.configs import Experiment, ExperimentConfig, build
-from gpjax.incremental.cost import Cost
-from gpjax.incremental.phases import (
-    NonFiniteLossError,
-    Trainer,
-    grow_and_train,
-    new_state,
-    prune_and_retrain,
-)
-from gpjax.incremental.policies import Policy, RoundPlan, policy_to_dict
-from gpjax.train import TrainState, make_optimizer, num_examples, steps_per_epoch
+from gpjax.incremental.configs import ExperimentConfig
+from gpjax.incremental.experiment import Experiment, build
+from gpjax.incremental.lock import DirectoryLock
+from gpjax.incremental.phases import NonFiniteLossError, Trainer, new_state
+from gpjax.incremental.policies import Policy, policy_to_dict
+from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, start_state, update
+from gpjax.train import TrainState, make_optimizer, num_examples
 
 PyTree = Any
+MODELS_DIR = "models"
+
+
+class ResultsConflictError(FileExistsError):
+    """A run directory holds results of a different config."""
 
 
 @functools.cache
@@ -67,31 +69,55 @@ def _optimizer(cfg):
     return make_optimizer(cfg)
 
 
-def _copy(tree: PyTree) -> PyTree:
-    """A deep copy of the arrays (training donates its input buffers)."""
-    return jax.tree.map(lambda x: x.copy(), tree)
-
-
 def run_dir(out: str | Path, policy: Policy, seed: int) -> Path:
     """Where one run (policy, seed) writes its checkpoints, rows and pictures."""
     return Path(out) / f"{policy.name}-seed{seed}"
 
 
+def run_config(cfg: ExperimentConfig, policy: Policy, seed: int) -> dict:
+    """What identifies a run: stored with its checkpoints and in its ``results.json``."""
+    return {"experiment": cfg.to_dict(), "policy": policy_to_dict(policy), "seed": seed}
+
+
+def check_results(directory: Path, config: dict, *, overwrite: bool = False) -> None:
+    """Refuses to write into ``directory`` whose ``results.json`` came from another config.
+
+    Raises:
+      ResultsConflictError: the stored results name a different config (or cannot be read)
+        and ``overwrite`` is False.
+    """
+    from gpjax.incremental.checkpoint import config_diff
+    from gpjax.report import RESULTS_JSON
+    path = directory / RESULTS_JSON
+    if overwrite or not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text())["metadata"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResultsConflictError(f"{path} cannot be read ({e}); move it away or pass "
+                                   "--overwrite to replace it") from None
+    stored = {k: stored.get(k) for k in config}
+    if stored != config:
+        diff = "; ".join(config_diff(stored, config)[:5])
+        raise ResultsConflictError(
+            f"{path} holds results of a different config ({diff}); use another --out, or "
+            "pass --overwrite to replace them")
+
+
 @dataclasses.dataclass
 class _Position:
-    """Where a run is: in round ``round``, phase ``phase`` (``len(phases)`` = phases done), and
-    inside it at epoch / iteration ``inner``."""
+    """Where a run is: in round ``round``; ``progress`` is the round runner's (None: at the
+    round's start); ``round_done``: the round is finished."""
 
     round: int = 0
-    phase: int = 0
-    inner: int = 0
+    progress: dict | None = None
     round_done: bool = False
 
 
 class _Run:
     def __init__(self, exp: Experiment, policy: Policy, seed: int, out: Path, *, resume: bool,
                  progress: bool, devices: Sequence[jax.Device] | None, max_to_keep: int,
-                 callback=None):
+                 callback=None, overwrite: bool = False):
         from gpjax.incremental.checkpoint import RoundCheckpointer
 
         self.exp, self.cfg, self.policy, self.seed = exp, exp.config, policy, seed
@@ -107,17 +133,22 @@ class _Run:
         batch_sharding = self.split if self.ndev > 1 and bs % self.ndev == 0 else None
         self.trainer = Trainer(exp.task, _optimizer(self.cfg.optimizer), bs,
                                self.cfg.eval_batch_size, progress, batch_sharding)
-        self.run_config = {"experiment": self.cfg.to_dict(), "policy": policy_to_dict(policy),
-                           "seed": seed}
+        self.run_config = run_config(self.cfg, policy, seed)
         ckpt_dir = out / "checkpoints"
         if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume=True "
                                   "(--resume) to continue that run, or choose another --out")
+        check_results(out, self.run_config, overwrite=overwrite)
         self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep,
                                       async_save=False)
+        self.models = RoundCheckpointer(out / MODELS_DIR, config=self.run_config,
+                                        max_to_keep=None, async_save=False)
         self.step = 0
         self.rows: list[dict] = []
-        self._device_cache: dict = {}
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.models.close()
 
     # ---------------------------------------------------------------------------- placement
     def put(self, data: PyTree) -> PyTree:
@@ -136,42 +167,34 @@ class _Run:
         return jax.device_put(tree, self.replicated)
 
     def template(self) -> dict:
-        key = jax.random.PRNGKey(0)
-        st = new_state(self.trainer, key, self.exp.example_batch)
-        st = self.replicate(st)
+        st = self.replicate(new_state(self.trainer, jax.random.PRNGKey(0),
+                                      self.exp.example_batch))
         return {"carry": {"params": st.params, "masks": st.masks, "aux": st.aux}, "state": st}
 
     # ---------------------------------------------------------------------------- saving
-    def save(self, state: TrainState, carry: dict | None, pos: _Position, extra: dict) -> None:
+    def save(self, state: TrainState, carry: dict | None, pos: _Position) -> None:
         tree = {"carry": carry if carry is not None else
                 {"params": state.params, "masks": state.masks, "aux": state.aux},
                 "state": state}
-        meta = {"round": pos.round, "phase": pos.phase, "inner": pos.inner,
-                "round_done": pos.round_done, "has_carry": carry is not None,
-                "policy": self.policy.name, "seed": self.seed, "rows": self.rows, **extra}
+        meta = {"round": pos.round, "progress": pos.progress, "round_done": pos.round_done,
+                "has_carry": carry is not None, "policy": self.policy.name, "seed": self.seed,
+                "rows": self.rows}
         self.step += 1
         self.ckpt.save(self.step, tree, meta, overwrite=True)
 
-    # ---------------------------------------------------------------------------- one round
-    def start_state(self, plan: RoundPlan, carry: dict | None, r: int) -> TrainState:
-        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), r)
-        if plan.start in ("inherit", "carry_dense") and carry is not None:
-            st = new_state(self.trainer, key, self.exp.example_batch, params=carry["params"],
-                           aux=carry["aux"], masks=carry["masks"])
-        elif plan.start in ("fresh_sparse",):
-            k_init, k_mask, k_fix, k_run = jax.random.split(key, 4)
-            params, aux = self.exp.task.init(k_init, self.exp.example_batch)
-            masks = gpjax.init_masks(params, density=plan.seed_density, key=k_mask)
-            masks = connect_seed(masks, self.exp.input_kernels,
-                                 int(jax.random.randint(k_fix, (), 0, 2**31 - 1)))
-            st = new_state(self.trainer, k_run, self.exp.example_batch, params=params, aux=aux,
-                           masks=masks)
-        else:
-            st = new_state(self.trainer, key, self.exp.example_batch)
-        return self.replicate(st)
+    def save_models(self, r: int, state: TrainState, nonrec: TrainState | None,
+                    row: dict) -> None:
+        """The round's recoverable and non-recoverable models, kept for every round (for
+        evaluation and export: ``models/<round>``)."""
+        rec = model_of(state)
+        tree = {"recoverable": rec, "nonrecoverable": model_of(nonrec) if nonrec else rec}
+        self.models.save(r, tree, {"round": r, "has_nonrecoverable": nonrec is not None,
+                                   "row": row, "model": self.cfg.model,
+                                   "model_kwargs": self.cfg.model_kwargs}, overwrite=True)
 
+    # ---------------------------------------------------------------------------- one round
     def run_round(self, r: int, carry: dict | None, state: TrainState | None,
-                  pos: _Position, saved: dict, carry_next: dict | None) -> dict:
+                  pos: _Position, carry_next: dict | None) -> dict:
         """Runs round ``r`` from ``pos`` and returns the model the next round starts from.
 
         ``carry``: the previous round's model (used to build the start state when ``state`` is
@@ -179,117 +202,57 @@ class _Run:
         """
         rd = self.exp.scenario.round(r)
         plan = self.policy.plan(r)
-        data = {"new": self.put(rd.new), "all": self.put(rd.all)}
-        sizes = {"new": rd.n_new, "all": rd.n_all}
-        val, test = self.put(rd.validation), self.put(rd.test)
-        cost = Cost.from_dict(saved["cost"]) if "cost" in saved else Cost(rd.n_all)
-        events: dict = saved.get("events", {})
+        data = RoundData(self.put(rd.new), self.put(rd.all), self.put(rd.validation))
+        test = self.put(rd.test)
         if state is None:
             # Not saved: a resume recomputes it from the previous round's checkpoint.
-            state = self.start_state(plan, carry, r)
+            key = jax.random.fold_in(jax.random.PRNGKey(self.seed), r)
+            state = self.replicate(start_state(self.trainer, plan, key,
+                                               self.exp.example_batch, carry))
             if self.callback is not None:
                 self.callback("round_start", r, state, carry)
-        for p in range(pos.phase, len(plan.phases)):
-            spec = plan.phases[p]
-            start = pos.inner if p == pos.phase else 0
-            n = sizes[spec.data]
-            bs = min(self.cfg.batch_size, n)
-            steps = steps_per_epoch(n, self.cfg.batch_size)
-            t0 = time.perf_counter()
-            partial = dict(saved.get("partial", {})) if start else {}
-            partial = {"epochs": partial.get("epochs", 0.0), "examples": partial.get("examples", 0)}
-            ref_saved = saved.get("reference_error") if start else None
-            saved = {}
 
-            def snapshot(st, inner, part, ref=None, spec=spec, t0=t0, p=p, cn=carry_next):
-                c = cost.to_dict()
-                c["wall_time_s"] += time.perf_counter() - t0
-                extra = {"cost": c, "events": events, "partial": part, "phase_name": spec.name}
-                if ref is not None:
-                    extra["reference_error"] = ref
-                self.save(st, cn, _Position(r, p, inner), extra)
+        def snapshot(st, cn, progress):
+            self.save(st, cn, _Position(r, progress))
 
-            where = f"round {r} ({self.policy.name}, seed {self.seed})"
-            try:
-                if spec.kind in ("grow", "train"):
-                    every = self.cfg.checkpoint_every
+        def measure(st):
+            return {"test_error": self.exp.test_error(st.params, st.aux, test)}
 
-                    def on_epoch(st, ev, part=partial, spec=spec, n=n, bs=bs, steps=steps,
-                                 every=every, snapshot=snapshot):
-                        part["epochs"] += 1 + ("active" in ev)
-                        part["examples"] += steps * bs + (n if "active" in ev else 0)
-                        e = ev["epoch"] + 1
-                        if every and e % every == 0 and e < spec.epochs:
-                            snapshot(st, e, dict(part))
-
-                    state, _ = grow_and_train(
-                        self.trainer, state, data[spec.data], epochs=spec.epochs,
-                        learning_rate=spec.learning_rate, grow_every=spec.grow_every,
-                        percentile=spec.percentile, scope=spec.scope, init=spec.init,
-                        grow=spec.kind == "grow", name=spec.name,
-                        on_epoch=on_epoch, start_epoch=start)
-                else:
-                    ref = ref_saved if ref_saved is not None else self.trainer.error(state, val)
-                    every = self.cfg.prune_checkpoint_every
-                    held = [0]
-
-                    def on_iteration(best, ev, part=partial, ref=ref, held=held, every=every,
-                                     steps=steps, bs=bs, snapshot=snapshot):
-                        part["epochs"] += ev["retrain_epochs"]
-                        part["examples"] += ev["retrain_epochs"] * steps * bs
-                        part["iterations"] = ev["iteration"] + 1
-                        if ev["held"]:
-                            held[0] += 1
-                            if every and held[0] % every == 0:
-                                snapshot(best, ev["iteration"] + 1, dict(part), ref)
-
-                    state, _ = prune_and_retrain(
-                        self.trainer, state, data["all"], val, self.policy.prune,
-                        name=spec.name, reference_error=ref, on_iteration=on_iteration,
-                        start_iteration=start)
-                    events[spec.name] = {"iterations": partial.get("iterations", start),
-                                         "reference_error": ref}
-            except NonFiniteLossError as err:
-                raise NonFiniteLossError(
-                    f"{where}, {err}; the last good checkpoint is step "
-                    f"{self.ckpt.latest_step()} in {self.ckpt.directory} (resume starts there)"
-                ) from err
-            cost.add(spec.name, partial["epochs"], n, partial["examples"],
-                     time.perf_counter() - t0)
-            state = _copy(state)  # the phases donate buffers; keep this one intact
-            if p == plan.carry_after:
-                carry_next = _copy({"params": state.params, "masks": state.masks,
-                                    "aux": state.aux})
-            self.save(state, carry_next, _Position(r, p + 1, 0),
-                      {"cost": cost.to_dict(), "events": events})
-        if carry_next is None:
-            carry_next = _copy({"params": state.params, "masks": state.masks, "aux": state.aux})
-        row = self.finish_round(r, rd, state, cost, events, test, val, data["all"], plan)
+        try:
+            state, carry_next, log = update(
+                self.trainer, plan, data, self.policy.prune, state=state, resume=pos.progress,
+                carry_next=carry_next, snapshot=snapshot,
+                checkpoint_every=self.cfg.checkpoint_every,
+                prune_checkpoint_every=self.cfg.prune_checkpoint_every, measure=measure)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"round {r} ({self.policy.name}, seed {self.seed}), {err}; the last good "
+                f"checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory} "
+                "(resume starts there)") from err
+        row, nonrec = self.finish_round(r, rd, state, log, test, data, plan)
         self.rows.append(row)
-        self.save(state, carry_next, _Position(r, len(plan.phases), 0, round_done=True),
-                  {"cost": cost.to_dict(), "events": events})
+        self.save(state, carry_next, _Position(r, None, round_done=True))
+        self.save_models(r, state, nonrec, row)
         self.write_rows()
         if self.callback is not None:
             self.callback("round_end", r, state, carry_next)
         return carry_next
 
     # ---------------------------------------------------------------------------- results
-    def finish_round(self, r, rd, state, cost, events, test, val, data_all, plan) -> dict:
+    def finish_round(self, r, rd, state, log, test, data: RoundData, plan):
         t0 = time.perf_counter()
         tests = self.exp.test_metrics(state.params, state.aux, test)
-        val_err = 100.0 * self.trainer.error(state, val)
+        val_err = 100.0 * self.trainer.error(state, data.validation)
         counts = gpjax.count_params(state.masks)
-        nonrec = {}
+        nonrec, compact = {}, None
         if self.policy.nonrecoverable is not None:
-            cfg = dataclasses.replace(self.policy.nonrecoverable, recoverable=False)
-            compact, log = prune_and_retrain(self.trainer, _copy(state), data_all, val, cfg,
-                                             name="nonrecoverable")
+            compact, plog = nonrecoverable(self.trainer, state, data, self.policy.nonrecoverable)
             nonrec = {
                 "params_nonrecoverable": gpjax.count_params(compact.masks).active,
                 **{f"{k}_nonrecoverable": v for k, v in
                    self.exp.test_metrics(compact.params, compact.aux, test).items()},
-                "val_error_nonrecoverable": 100.0 * self.trainer.error(compact, val),
-                "epochs_nonrecoverable": log.epochs,
+                "val_error_nonrecoverable": 100.0 * self.trainer.error(compact, data.validation),
+                "epochs_nonrecoverable": plog.epochs,
             }
             if self.cfg.heatmap:
                 self.heatmap(compact.masks, r, "nonrecoverable")
@@ -297,7 +260,8 @@ class _Run:
             self.heatmap(state.masks, r, "recoverable")
         previous = self.rows[-1]["epochs_cumulative"] if self.rows else 0.0
         dead = gpjax.dead_units(state.masks, input_fed=self.exp.input_kernels)
-        return {
+        cost = log.cost
+        row = {
             "policy": self.policy.name, "seed": self.seed, "round": r,
             "data_fraction": rd.fraction, "classes": list(rd.classes) if rd.classes else None,
             "n_available": rd.n_all, "n_new": rd.n_new,
@@ -310,10 +274,12 @@ class _Run:
             "epochs_by_phase": cost.by_phase, "raw_epochs": cost.raw_epochs,
             "wall_time_s": cost.wall_time_s, "eval_time_s": time.perf_counter() - t0,
             "examples": cost.examples,
-            "prune_iterations": {k: v["iterations"] for k, v in events.items()},
+            "prune_iterations": {k: v["iterations"] for k, v in log.events.items()},
+            "prune_curve": log.prune_curve,
             "start": plan.start, "devices": self.ndev,
             "config": self.cfg.name, "policy_config": policy_to_dict(self.policy),
         }
+        return row, compact
 
     def heatmap(self, masks: PyTree, r: int, which: str) -> None:
         """FIG. 5: per-pixel active connections into the first hidden layer, after round r;
@@ -344,12 +310,6 @@ class _Run:
                                                   "scenario": self.exp.scenario.description})
 
 
-def connect_seed(masks: PyTree, input_fed: Sequence[str], seed: int) -> PyTree:
-    """A sparse seed in which every neuron has an input and an output connection
-    (:func:`gpjax.connect_units`; the network's inputs, e.g. pixels, are exempt)."""
-    return gpjax.connect_units(masks, seed=seed, input_fed=list(input_fed))
-
-
 def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | None:
     import fnmatch
 
@@ -378,6 +338,7 @@ def run(
     devices: Sequence[jax.Device] | None = None,
     max_to_keep: int = 3,
     callback=None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Runs every round of ``config``'s scenario with ``policy`` and ``seed``.
 
@@ -387,7 +348,8 @@ def run(
       seed: the run seed (initialisation, data order, augmentation; the chunk partition too
         when the config's ``data_seed`` is None).
       out: output directory; the run writes under ``out/<policy>-seed<seed>/``
-        (``checkpoints/``, ``results.json``, ``results.csv``, ``heatmaps/``).
+        (``checkpoints/``, ``models/`` (every round's recoverable and non-recoverable model),
+        ``results.json``, ``results.csv``, ``heatmaps/``), holding its lock meanwhile.
       resume: continue from the newest intact checkpoint there (a fresh start if none).
       progress: tqdm bars per round and phase.
       devices: devices of the data-parallel mesh (default: all local devices).
@@ -396,6 +358,7 @@ def run(
         ``"round_start"`` (the start state; ``carry``: the previous round's model or None) and
         ``"round_end"`` (the final recoverable state; ``carry``: the model the next round
         starts from). For tests and monitoring; it must not modify the arrays.
+      overwrite: replace a ``results.json`` there that another config wrote.
 
     Returns:
       One row per round (see ``experiments/README.md`` for the fields).
@@ -404,41 +367,43 @@ def run(
       NonFiniteLossError: a NaN/inf loss; the message names round, phase and epoch.
       CheckpointMismatchError: resuming with a different config / model.
       FileExistsError: checkpoints exist and ``resume`` is False.
+      ResultsConflictError: results of another config are there (and not ``overwrite``).
+      DirectoryLockedError: another process is writing the run directory.
     """
     exp = config if isinstance(config, Experiment) else build(config, seed)
     r_dir = run_dir(out, policy, seed)
-    runner = _Run(exp, policy, seed, r_dir, resume=resume, progress=progress, devices=devices,
-                  max_to_keep=max_to_keep, callback=callback)
-    try:
-        return _run(runner, resume)
-    finally:
-        runner.ckpt.close()
+    with DirectoryLock(r_dir, what="run"):
+        runner = _Run(exp, policy, seed, r_dir, resume=resume, progress=progress,
+                      devices=devices, max_to_keep=max_to_keep, callback=callback,
+                      overwrite=overwrite)
+        try:
+            return _run(runner, resume)
+        finally:
+            runner.close()
 
 
 def _run(runner: _Run, resume: bool) -> list[dict]:
-    carry, carry_next, state, pos, saved = None, None, None, _Position(), {}
+    carry, carry_next, state, pos = None, None, None, _Position()
     if resume:
         got = runner.ckpt.restore_latest(runner.template())
         if got is not None:
             step, tree, meta = got
             runner.step = step
             runner.rows = list(meta["rows"])
-            pos = _Position(meta["round"], meta["phase"], meta["inner"], meta["round_done"])
-            if pos.round_done:
-                carry, pos = tree["carry"], _Position(pos.round + 1)
+            if meta["round_done"]:
+                carry, pos = tree["carry"], _Position(meta["round"] + 1)
             else:
                 state = tree["state"]
                 carry_next = tree["carry"] if meta["has_carry"] else None
-                saved = {k: meta[k] for k in ("cost", "events", "partial", "reference_error")
-                         if k in meta}
+                pos = _Position(meta["round"], meta["progress"])
     if runner.rows:
         runner.write_rows()  # a run killed between its last checkpoint and writing its rows
     num_rounds = runner.exp.scenario.num_rounds
     bar = tqdm(total=num_rounds, initial=min(pos.round, num_rounds), disable=not runner.progress,
                desc=f"{runner.policy.name} seed {runner.seed}", dynamic_ncols=True)
     for r in range(pos.round, num_rounds):
-        carry = runner.run_round(r, carry, state, pos, saved, carry_next)
-        state, carry_next, pos, saved = None, None, _Position(r + 1), {}
+        carry = runner.run_round(r, carry, state, pos, carry_next)
+        state, carry_next, pos = None, None, _Position(r + 1)
         last = runner.rows[-1]
         bar.set_postfix(err=f"{last['test_error']:.2f}%", params=last["params_recoverable"],
                         epochs=f"{last['epochs']:.1f}")

@@ -114,6 +114,7 @@ def grow_and_train(
     validation: PyTree | None = None,
     on_epoch: Callable[[TrainState, dict], None] | None = None,
     start_epoch: int = 0,
+    log: PhaseLog | None = None,
 ) -> tuple[TrainState, PhaseLog]:
     """Trains for ``epochs`` with a cosine learning rate, growing every ``grow_every`` epochs.
 
@@ -124,15 +125,16 @@ def grow_and_train(
     training (the TFS/NFT training phase).
 
     ``start_epoch`` resumes a phase interrupted after epoch ``start_epoch - 1`` (from the state
-    an ``on_epoch`` hook saved then): the schedule and growth steps continue where they were,
-    and the log counts only the epochs run by this call.
+    an ``on_epoch`` hook saved then): the schedule and growth steps continue where they were.
+    The phase adds what it does to ``log`` (a new one when None; pass the interrupted phase's
+    totals to continue them); the log is up to date whenever ``on_epoch`` is called.
 
     Returns:
       ``(state, log)``; ``log.epochs`` counts gradient evaluations as epochs too.
     """
     n = num_examples(data)
     steps = steps_per_epoch(n, trainer.batch_size)
-    log = PhaseLog(name)
+    log = PhaseLog(name) if log is None else log
     bar = trainer.bar(epochs, name)
     bar.update(start_epoch)
     for e in range(start_epoch, epochs):
@@ -232,6 +234,7 @@ def prune_and_retrain(
     reference_error: float | None = None,
     on_iteration: Callable[[TrainState, dict], None] | None = None,
     start_iteration: int = 0,
+    log: PhaseLog | None = None,
 ) -> tuple[TrainState, PhaseLog]:
     """Prunes ``cfg.percentile`` % of active weights, retrains, repeats while accuracy holds.
 
@@ -242,7 +245,8 @@ def prune_and_retrain(
     model that held.
 
     ``start_iteration`` resumes a phase from the model an ``on_iteration`` hook received after
-    a held iteration ``start_iteration - 1`` (pass the phase's original ``reference_error``).
+    a held iteration ``start_iteration - 1`` (pass the phase's original ``reference_error``);
+    ``log`` as in :func:`grow_and_train` (up to date whenever ``on_iteration`` is called).
 
     Returns:
       ``(last state that held, log)``; every event records active params and val error.
@@ -254,7 +258,7 @@ def prune_and_retrain(
     # ``best`` is a copy: retraining donates the state's buffers (optimiser state, key, batch
     # statistics are shared between a pruned state and the model it was pruned from).
     best, fails = _copy_state(state), 0
-    log = PhaseLog(name)
+    log = PhaseLog(name) if log is None else log
     bar = trainer.bar(cfg.max_iterations, name)
     bar.update(start_iteration)
     input_fed = trainer.task.input_kernels

@@ -200,3 +200,20 @@ def class_incremental(train: PyTree, validation: PyTree, test: PyTree,
     return Scenario(train, validation, test, tuple(all_idx), tuple(new_idx), tuple(ev),
                     tuple(classes),
                     description or f"class-incremental: {[list(c) for c in class_rounds]}")
+
+
+def _data_scenario(cfg: Any, train: PyTree, validation: PyTree, test: PyTree, *, seed: int,
+                   description: str) -> Scenario:
+    return data_incremental(train, validation, test, chunks=cfg.chunks,
+                            initial=cfg.initial_chunks, seed=seed, description=description)
+
+
+def _class_scenario(cfg: Any, train: PyTree, validation: PyTree, test: PyTree, *, seed: int,
+                    description: str) -> Scenario:
+    del seed  # the class order is the config's
+    return class_incremental(train, validation, test, cfg.class_rounds, description=description)
+
+
+SCENARIOS = {"data": _data_scenario, "classes": _class_scenario}
+"""Scenario kinds of an experiment config (its ``scenario`` field):
+``SCENARIOS[kind](cfg, train, validation, test, seed=, description=) -> Scenario``."""

@@ -1,0 +1,287 @@
+"""The round runner: one update of the method, on any model, from a policy's plan.
+
+:func:`update` is the only code that turns a :class:`~gpjax.incremental.policies.RoundPlan` into
+phases. It builds the start state (:func:`start_state`: inherit, fresh dense, or a fresh sparse
+seed in which every neuron is connected), runs the phases of
+:mod:`gpjax.incremental.phases` on the round's data, counts the cost from the
+:class:`~gpjax.incremental.phases.PhaseLog` each phase returns, and records the recoverable
+pruning curve (active parameters with validation and, when a ``measure`` is given, test error of
+the model before pruning and after every held iteration). The simulation
+(:func:`gpjax.incremental.run`), the model store (:class:`gpjax.incremental.ModelStore`) and
+the experiment scripts call it.
+
+Interruptions: ``snapshot(state, carry, progress)`` is called after every phase, every
+``checkpoint_every`` epochs of a growth/training phase and every ``prune_checkpoint_every``
+held pruning iterations; ``progress`` is a JSON-able dict. Calling :func:`update` again with
+that state, carry and ``resume=progress`` continues where it was and gives the same result as an
+uninterrupted call (every draw comes from the state's key; the data order from the data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+import gpjax
+from gpjax.incremental.cost import Cost
+from gpjax.incremental.phases import (
+    PhaseLog,
+    PruneConfig,
+    Trainer,
+    grow_and_train,
+    new_state,
+    prune_and_retrain,
+)
+from gpjax.incremental.policies import PhaseSpec, RoundPlan
+from gpjax.train import TrainState, num_examples
+
+PyTree = Any
+Snapshot = Callable[[TrainState, "dict | None", dict], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundData:
+    """The data of one update.
+
+    Attributes:
+      new: the examples that just arrived (arrays ``[N_new, ...]`` or a streamed split).
+      all: every training example available now, the new ones included (``[N_all, ...]``).
+      validation: held-out examples of the stopping rule.
+    """
+
+    new: PyTree
+    all: PyTree
+    validation: PyTree
+
+    def sizes(self) -> dict[str, int]:
+        return {"new": num_examples(self.new), "all": num_examples(self.all)}
+
+
+@dataclasses.dataclass
+class UpdateLog:
+    """What one update did.
+
+    Attributes:
+      start: how the start state was made (the plan's ``start``).
+      cost: normalised epochs (over ``all``), raw epochs, examples and wall time, per phase too.
+      phases: the phases' logs (a resumed phase's log holds only what ran after the resume).
+      events: per pruning phase, ``{"iterations": n, "reference_error": e}``.
+      prune_curve: ``[{"active", "val_error", **measure}]`` (errors in percent): the model
+        before recoverable pruning and after every held iteration; the last one is the result.
+      stopped: why each pruning phase ended, by phase name.
+    """
+
+    start: str
+    cost: Cost
+    phases: list[PhaseLog] = dataclasses.field(default_factory=list)
+    events: dict = dataclasses.field(default_factory=dict)
+    prune_curve: list[dict] = dataclasses.field(default_factory=list)
+    stopped: dict = dataclasses.field(default_factory=dict)
+
+
+def _copy(tree: PyTree) -> PyTree:
+    """A deep copy of the arrays (training donates its input buffers)."""
+    return jax.tree.map(lambda x: x.copy(), tree)
+
+
+def model_of(state: TrainState) -> dict:
+    """The model a state holds: ``{"params", "masks", "aux"}`` (copied)."""
+    return _copy({"params": state.params, "masks": state.masks, "aux": state.aux})
+
+
+def start_state(trainer: Trainer, plan: RoundPlan, key: jax.Array, example_batch: PyTree,
+                carry: dict | None = None) -> TrainState:
+    """The state a plan starts from, with a fresh optimiser state.
+
+    Args:
+      trainer: the task and optimiser.
+      plan: ``plan.start`` says how: "inherit" / "carry_dense" (the ``carry`` model's params,
+        masks and aux), "fresh_dense" (random init, every connection), "fresh_sparse" (random
+        init, masks at ``plan.seed_density`` with every neuron given an input and an output
+        connection by :func:`gpjax.connect_units`).
+      key: PRNG key of the init, the mask draw and the training key.
+      example_batch: a batch the model is initialised on.
+      carry: ``{"params", "masks", "aux"}`` of the model to inherit.
+
+    Raises:
+      ValueError: the plan inherits and ``carry`` is None.
+    """
+    if plan.start in ("inherit", "carry_dense"):
+        if carry is None:
+            raise ValueError(f"a {plan.start!r} round needs the previous model (carry=None): "
+                             "the first round of a policy must start fresh")
+        return new_state(trainer, key, example_batch, params=carry["params"],
+                         aux=carry["aux"], masks=carry["masks"])
+    if plan.start == "fresh_sparse":
+        return new_state(trainer, key, example_batch, density=plan.seed_density, connect=True)
+    if plan.start == "fresh_dense":
+        return new_state(trainer, key, example_batch)
+    raise ValueError(f"unknown plan start {plan.start!r}")
+
+
+def _resumed_log(name: str, progress: dict | None) -> PhaseLog:
+    part = (progress or {}).get("partial", {})
+    return PhaseLog(name, float(part.get("epochs", 0.0)), int(part.get("examples", 0)))
+
+
+def update(
+    trainer: Trainer,
+    plan: RoundPlan,
+    data: RoundData,
+    prune: PruneConfig,
+    *,
+    state: TrainState | None = None,
+    key: jax.Array | None = None,
+    example_batch: PyTree = None,
+    carry: dict | None = None,
+    place: Callable[[TrainState], TrainState] = lambda s: s,
+    resume: dict | None = None,
+    carry_next: dict | None = None,
+    snapshot: Snapshot | None = None,
+    checkpoint_every: int = 0,
+    prune_checkpoint_every: int = 0,
+    measure: Callable[[TrainState], dict] | None = None,
+    on_epoch: Callable[[PhaseSpec, TrainState, dict, float], None] | None = None,
+) -> tuple[TrainState, dict, UpdateLog]:
+    """Runs one update: the plan's phases on ``data``, from its start state.
+
+    Args:
+      trainer: task, optimiser, batch sizes.
+      plan: the policy's plan for this round (``policy.plan(r)``).
+      data: the round's new / all / validation data.
+      prune: the recoverable pruning rule of the plan's "prune" phases.
+      state: the start state; None builds it with :func:`start_state` from ``key``,
+        ``example_batch`` and ``carry`` and passes it through ``place`` (e.g. replication
+        onto a device mesh).
+      resume: the ``progress`` of a snapshot to continue from (with its state and carry).
+      carry_next: the model the next round starts from when already fixed (resume only).
+      snapshot: ``snapshot(state, carry_next, progress)`` saves a point to resume from.
+      checkpoint_every: snapshot every this many epochs inside growth/training phases (0: after
+        phases only).
+      prune_checkpoint_every: snapshot every this many held pruning iterations.
+      measure: ``measure(state) -> {name: percent}`` added to every point of the pruning curve
+        (e.g. test error).
+      on_epoch: ``on_epoch(spec, state, event, cost_so_far)`` after every growth/training epoch
+        (for learning curves); ``cost_so_far`` in normalised epochs.
+
+    Returns:
+      ``(state, carry_next, log)``: the final (recoverable) state, the model the next round
+      starts from (``{"params", "masks", "aux"}``), and the :class:`UpdateLog`.
+    """
+    sizes = data.sizes()
+    progress = dict(resume or {})
+    cost = Cost.from_dict(progress["cost"]) if "cost" in progress else Cost(sizes["all"])
+    log = UpdateLog(plan.start, cost, events=dict(progress.get("events", {})),
+                    prune_curve=list(progress.get("curve", [])))
+    if state is None:
+        state = place(start_state(trainer, plan, key, example_batch, carry))
+    first = int(progress.get("phase", 0))
+    for p in range(first, len(plan.phases)):
+        spec = plan.phases[p]
+        inner = int(progress.get("inner", 0)) if p == first else 0
+        here = progress if (p == first and inner) else None
+        t0 = time.perf_counter()
+        phase_log = _resumed_log(spec.name, here)
+
+        def save(st, at, extra=None, p=p, t0=t0, phase_log=phase_log, cn=carry_next, spec=spec):
+            c = cost.to_dict()
+            c["wall_time_s"] += time.perf_counter() - t0
+            snapshot(st, cn, {"phase": p, "inner": at, "cost": c, "events": log.events,
+                              "curve": log.prune_curve, "phase_name": spec.name,
+                              "partial": {"epochs": phase_log.epochs,
+                                          "examples": phase_log.examples}, **(extra or {})})
+
+        if spec.kind in ("grow", "train"):
+            state = _grow_or_train(trainer, spec, state, data, inner, phase_log, cost,
+                                   save if snapshot and checkpoint_every else None,
+                                   checkpoint_every, on_epoch)
+        else:
+            state = _prune(trainer, spec, state, data, prune, inner, phase_log, log,
+                           here, save if snapshot and prune_checkpoint_every else None,
+                           prune_checkpoint_every, measure)
+        cost.add(spec.name, phase_log.epochs, sizes[spec.data], phase_log.examples,
+                 time.perf_counter() - t0)
+        log.phases.append(phase_log)
+        state = _copy(state)  # the phases donate buffers; keep this one intact
+        if p == plan.carry_after:
+            carry_next = model_of(state)
+        if snapshot is not None:
+            snapshot(state, carry_next, {"phase": p + 1, "inner": 0, "cost": cost.to_dict(),
+                                         "events": log.events, "curve": log.prune_curve})
+    if carry_next is None:
+        carry_next = model_of(state)
+    return state, carry_next, log
+
+
+def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, every, on_epoch):
+    n_all = cost.n_available
+    n = num_examples(getattr(data, spec.data))
+    before = phase_log.epochs
+
+    def hook(st, ev):
+        if on_epoch is not None:
+            on_epoch(spec, st, ev, cost.epochs + (phase_log.epochs - before) * n / n_all)
+        e = ev["epoch"] + 1
+        if save is not None and e % every == 0 and e < spec.epochs:
+            save(st, e)
+
+    state, _ = grow_and_train(
+        trainer, state, getattr(data, spec.data), epochs=spec.epochs,
+        learning_rate=spec.learning_rate, grow_every=spec.grow_every,
+        percentile=spec.percentile, scope=spec.scope, init=spec.init,
+        grow=spec.kind == "grow", name=spec.name, on_epoch=hook, start_epoch=start,
+        log=phase_log)
+    return state
+
+
+def _point(state: TrainState, active: int, val_error: float, measure) -> dict:
+    return {"active": int(active), "val_error": 100.0 * float(val_error),
+            **(measure(state) if measure is not None else {})}
+
+
+def _prune(trainer, spec, state, data, rule, start, phase_log, log, here, save, every, measure):
+    ref = here.get("reference_error") if here else None
+    if ref is None:
+        ref = trainer.error(state, data.validation)
+        log.prune_curve = [_point(state, gpjax.count_params(state.masks).active, ref, measure)]
+    held = [0]
+
+    def hook(best, ev):
+        if not ev["held"]:
+            return
+        log.prune_curve.append(_point(best, ev["active"], ev["val_error"], measure))
+        held[0] += 1
+        if save is not None and held[0] % every == 0:
+            save(best, ev["iteration"] + 1, {"reference_error": ref})
+
+    iterations = [start]
+
+    def count(best, ev):
+        iterations[0] = ev["iteration"] + 1
+        hook(best, ev)
+
+    state, plog = prune_and_retrain(trainer, state, data.all, data.validation, rule,
+                                    name=spec.name, reference_error=ref, on_iteration=count,
+                                    start_iteration=start, log=phase_log)
+    log.events[spec.name] = {"iterations": iterations[0], "reference_error": ref}
+    log.stopped[spec.name] = plog.stopped
+    return state
+
+
+def nonrecoverable(trainer: Trainer, state: TrainState, data: RoundData,
+                   rule: PruneConfig) -> tuple[TrainState, PhaseLog]:
+    """The non-recoverable model: ``rule`` with neurons allowed to go, from a copy of ``state``.
+
+    Its stopping rule is measured from ``state``'s validation error. The result is for
+    deployment: it is never inherited by a later update.
+    """
+    rule = dataclasses.replace(rule, recoverable=False)
+    return prune_and_retrain(trainer, _copy(state), data.all, data.validation, rule,
+                             name="nonrecoverable")
+
+
+__all__ = ["RoundData", "UpdateLog", "model_of", "nonrecoverable", "start_state", "update"]
