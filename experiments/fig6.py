@@ -48,9 +48,9 @@ import numpy as np
 import gpjax
 from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
 from gpjax.incremental import build, get_config
-from gpjax.incremental.cost import normalised_epochs
-from gpjax.incremental.phases import Trainer, grow_and_train, new_state, prune_and_retrain
+from gpjax.incremental.phases import Trainer
 from gpjax.incremental.policies import Policy, RoundPlan, make_policy
+from gpjax.incremental.runner import RoundData, model_of, start_state, update
 from gpjax.train import make_optimizer
 
 ARMS = ("growprune", "merged")
@@ -126,53 +126,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # ------------------------------------------------------------------------------ running
 
 
-def _copy(tree):
-    return jax.tree.map(lambda x: x.copy(), tree)
+def run_plan(trainer: Trainer, exp, plan: RoundPlan, policy: Policy, data: RoundData, val,
+             pooled, key: jax.Array, carry=None) -> tuple:
+    """Runs a round plan with the round runner, with a pooled-error point after every training
+    epoch. Returns ``(state, curve, update_log)``."""
+    curve = []
 
+    def on_epoch(spec, st, ev, spent):
+        curve.append({"cost": spent, "pooled_error": 100 * trainer.error(st, pooled),
+                      "phase": spec.name, "epoch": ev["epoch"],
+                      "active": gpjax.count_params(st.masks).active})
 
-def _start(trainer: Trainer, exp, plan: RoundPlan, key: jax.Array, carry=None):
-    """The start state of a plan: the loop's "fresh_sparse" seed or an inherited model."""
-    if plan.start == "inherit":
-        return new_state(trainer, key, exp.example_batch, params=carry["params"],
-                         aux=carry["aux"], masks=carry["masks"])
-    k_init, k_mask, k_fix, k_run = jax.random.split(key, 4)
-    params, aux = exp.task.init(k_init, exp.example_batch)
-    masks = gpjax.init_masks(params, density=plan.seed_density, key=k_mask)
-    masks = gpjax.connect_units(masks, seed=int(jax.random.randint(k_fix, (), 0, 2**31 - 1)),
-                                input_fed=list(exp.input_kernels))
-    return new_state(trainer, k_run, exp.example_batch, params=params, aux=aux, masks=masks)
-
-
-def run_plan(trainer: Trainer, state, plan: RoundPlan, policy: Policy, data: dict, sizes: dict,
-             val, pooled) -> tuple:
-    """Runs a round plan's phases (as the loop does) with a pooled-error point after every
-    training epoch. Returns ``(state, curve, prune_log, prune_cost)``."""
-    n_all = sizes["all"]
-    curve = [{"cost": 0.0, "pooled_error": 100 * trainer.error(state, pooled),
-              "phase": "start", "epoch": -1, "active": gpjax.count_params(state.masks).active}]
-    spent = [0.0]
-    prune_log, prune_cost = None, 0.0
-    for spec in plan.phases:
-        n = sizes[spec.data]
-        if spec.kind in ("grow", "train"):
-            def on_epoch(st, ev, n=n, spec=spec):
-                spent[0] += normalised_epochs(1 + ("active" in ev), n, n_all)
-                curve.append({"cost": spent[0], "pooled_error": 100 * trainer.error(st, pooled),
-                              "phase": spec.name, "epoch": ev["epoch"],
-                              "active": gpjax.count_params(st.masks).active})
-
-            state, _ = grow_and_train(trainer, state, data[spec.data], epochs=spec.epochs,
-                                      learning_rate=spec.learning_rate,
-                                      grow_every=spec.grow_every, percentile=spec.percentile,
-                                      scope=spec.scope, init=spec.init,
-                                      grow=spec.kind == "grow", name=spec.name,
-                                      on_epoch=on_epoch)
-        else:
-            state, prune_log = prune_and_retrain(trainer, state, data["all"], val, policy.prune,
-                                                 name=spec.name)
-            prune_cost += normalised_epochs(prune_log.epochs, n, n_all)
-        state = _copy(state)
-    return state, curve, prune_log, prune_cost
+    state = start_state(trainer, plan, key, exp.example_batch, carry)
+    curve.append({"cost": 0.0, "pooled_error": 100 * trainer.error(state, pooled),
+                  "phase": "start", "epoch": -1, "active": gpjax.count_params(state.masks).active})
+    state, _, log = update(trainer, plan, data, policy.prune, state=state, on_epoch=on_epoch)
+    return state, curve, log
 
 
 def _experiment(args: argparse.Namespace, seed: int):
@@ -198,27 +167,23 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict:
 
     t0 = time.perf_counter()
     base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    plan0 = pols["growprune"].plan(0)
-    st = _start(trainer, exp, plan0, base_key)
-    st, _, _, _ = run_plan(trainer, st, plan0, pols["growprune"],
-                           {"all": put(r0.all), "new": put(r0.new)},
-                           {"all": r0.n_all, "new": r0.n_new}, val, pooled)
-    base = {"params": st.params, "masks": st.masks, "aux": st.aux}
+    st, _, _ = run_plan(trainer, exp, pols["growprune"].plan(0), pols["growprune"],
+                        RoundData(put(r0.new), put(r0.all), val), val, pooled, base_key)
+    base = model_of(st)
     row.update(base_params=gpjax.count_params(st.masks).active,
                base_pooled_error=100 * trainer.error(st, pooled),
                base_test_error=100 * trainer.error(st, test), base_wall_s=time.perf_counter() - t0)
     log(f"seed {seed}: base on {r0.n_all} images: {row['base_params']:,} params, pooled "
         f"{row['base_pooled_error']:.2f}% ({row['base_wall_s']:.0f} s)")
 
-    data = {"all": put(r1.all), "new": put(r1.new)}
-    sizes = {"all": r1.n_all, "new": r1.n_new}
+    data = RoundData(put(r1.new), put(r1.all), val)
     curves = {}
     for arm in ARMS:
         t0 = time.perf_counter()
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)  # same stream for both arms
-        plan = pols[arm].plan(1)
-        st = _start(trainer, exp, plan, key, carry=_copy(base))
-        st, curve, plog, pcost = run_plan(trainer, st, plan, pols[arm], data, sizes, val, pooled)
+        st, curve, ulog = run_plan(trainer, exp, pols[arm].plan(1), pols[arm], data, val,
+                                   pooled, key, carry=base)
+        pcost, stopped = ulog.cost.by_phase.get("prune", 0.0), ulog.stopped.get("prune", "")
         curves[arm] = curve
         row.update({
             f"{arm}_growth_cost": curve[-1]["cost"],
@@ -229,7 +194,7 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict:
             f"{arm}_final_pooled_error": 100 * trainer.error(st, pooled),
             f"{arm}_final_val_error": 100 * trainer.error(st, val),
             f"{arm}_final_test_error": 100 * trainer.error(st, test),
-            f"{arm}_prune_cost": pcost, f"{arm}_prune_stopped": plog.stopped if plog else "",
+            f"{arm}_prune_cost": pcost, f"{arm}_prune_stopped": stopped,
             f"{arm}_wall_s": time.perf_counter() - t0,
         })
         log(f"seed {seed} {arm:>9}: grown {curve[-1]['active']:,} params, pooled "

@@ -1,6 +1,12 @@
-"""The ``gpjax`` command: ``run`` experiments, render a ``report`` table, ``plot`` results.
+"""The ``gpjax`` command: your own model store, experiments, reports, plots, exports.
 
-Examples::
+Your model and data (:mod:`gpjax.cli_store`)::
+
+    gpjax init store/ --model lenet300 --data part1.npz --test test.npz
+    gpjax update store/ --data part2.npz --test test.npz
+    gpjax history store/
+
+Experiments::
 
     gpjax list
     gpjax run --config lenet300_mnist --policy growprune,tfs,nft,nest --seeds 0,1,2 \\
@@ -31,6 +37,45 @@ POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
 
 def _parse_list(text: str, cast=str) -> list:
     return [cast(t) for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = _parse_list(text, int)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given; e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _positive(cast):
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {cast.__name__}, got {text!r}") \
+                from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def _writable_dir(path: Path) -> None:
+    """Refuses an ``--out`` that is a file or cannot be written, before anything runs."""
+    import os
+    p = path
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise SystemExit(f"gpjax: error: --out {path}: {p} is a file, not a directory; choose "
+                         "another --out")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise SystemExit(f"gpjax: error: --out {path}: {p} is not writable; choose another "
+                         "--out")
 
 
 def _value(text: str) -> Any:
@@ -91,7 +136,10 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
     from gpjax.incremental.configs import ExperimentConfig, get_config
     from gpjax.incremental.policies import make_policy
 
-    cfg = get_config(config)
+    try:
+        cfg = get_config(config)
+    except KeyError as e:
+        raise SystemExit(f"gpjax: error: --config: {e.args[0]}") from None
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     exp_over, pol_over, per_policy = _split_sets(sets, fields)
     changes = {}
@@ -105,7 +153,10 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
         changes[key] = value
     if rounds is not None:
         changes["rounds"] = rounds
-    cfg = dataclasses.replace(cfg, **changes)
+    try:
+        cfg = dataclasses.replace(cfg, **changes)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"gpjax: error: --set: {e}") from None
     out = []
     for name in policies:
         if name not in POLICY_NAMES:
@@ -114,7 +165,9 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
         try:
             pol = make_policy(name, over)
         except KeyError as e:
-            raise SystemExit(f"--set: {e.args[0]}") from None
+            raise SystemExit(f"gpjax: error: --set: {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"gpjax: error: --set ({name}): {e}") from None
         out.append(scale_epochs(pol, epoch_scale))
     return cfg, out
 
@@ -124,10 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gpjax.incremental.loop import run, run_dir
 
     policies = _parse_list(args.policy)
-    seeds = (_parse_list(args.seeds, int) if args.seeds
-             else list(range(args.seed, args.seed + args.repeats)))
+    seeds = args.seeds if args.seeds else list(range(args.seed, args.seed + args.repeats))
     cfg, pols = resolve(args.config, policies, args.set or [], args.rounds, args.epoch_scale)
     out = Path(args.out)
+    _writable_dir(out)
+    _check_runs(cfg, pols, seeds, out, args)
     out.mkdir(parents=True, exist_ok=True)
     devices = None
     if args.devices:
@@ -140,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if key not in built:
                 built = {key: build(cfg, seed)}  # data and compiled code shared by policies
             rows = run(built[key], pol, seed, out, resume=args.resume,
-                       progress=not args.no_progress, devices=devices)
+                       progress=not args.no_progress, devices=devices,
+                       overwrite=args.overwrite)
             last = rows[-1]
             print(f"{pol.name} seed {seed}: {len(rows)} rounds, last round test error "
                   f"{last['test_error']:.2f}%, {last['params_recoverable']} params "
@@ -150,6 +205,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = _load(out)
         _write_report(rows, out)
     return 0
+
+
+def _check_runs(cfg, pols, seeds, out: Path, args) -> None:
+    """Every run directory is free and holds nothing of another config: checked for all runs
+    before the first starts."""
+    from gpjax.incremental.loop import check_results, run_config, run_dir
+    for seed in seeds:
+        for pol in pols:
+            d = run_dir(out, pol, seed)
+            ckpt = d / "checkpoints"
+            has_ckpt = ckpt.exists() and any(ckpt.iterdir())
+            if not args.resume and has_ckpt:
+                raise SystemExit(f"gpjax: error: {ckpt} already holds checkpoints: pass "
+                                 "--resume to continue that run, or choose another --out")
+            if not has_ckpt:
+                check_results(d, run_config(cfg, pol, seed), overwrite=args.overwrite)
 
 
 def _load(paths) -> list[dict]:
@@ -182,7 +253,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from gpjax.cli_store import plot_store
+    from gpjax.incremental.store import STORE_FILE
     from gpjax.report import plot_rows
+    stores = [p for p in args.paths if (Path(p) / STORE_FILE).exists()]
+    for p in stores:
+        for f in plot_store(p, args.out):
+            print(f)
+    args.paths = [p for p in args.paths if p not in stores]
+    if stores and not args.paths:
+        return 0
     rows = _load(args.paths)
     if not rows:
         print("no results.json found under " + ", ".join(args.paths), file=sys.stderr)
@@ -201,43 +281,81 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gpjax", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from gpjax.cli_store import add_parsers
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="gpjax", description=__doc__, formatter_class=fmt)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run an experiment (policies x seeds)")
+    add_parsers(sub, fmt)
+
+    def command(name, help_, example):
+        return sub.add_parser(name, help=help_, formatter_class=fmt,
+                              description=f"{help_}.\n\nExample:\n  {example}")
+
+    r = command("run", "run an experiment (policies x seeds)",
+                "gpjax run --config lenet300_mnist --policy growprune,tfs --seeds 0,1,2 "
+                "--out results/mnist")
     r.add_argument("--config", required=True, help="experiment name (gpjax list)")
     r.add_argument("--policy", required=True,
                    help="comma-separated: " + ",".join(POLICY_NAMES))
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--rounds", type=int, default=None, help="run the first N rounds only")
+    r.add_argument("--rounds", type=_positive(int), default=None,
+                   help="run the first N rounds only")
     r.add_argument("--seed", type=int, default=0, help="first seed (with --repeats)")
-    r.add_argument("--repeats", type=int, default=1, help="replicates: seeds seed..seed+N-1")
-    r.add_argument("--seeds", default=None, help="explicit seeds, e.g. 0,1,2")
-    r.add_argument("--epoch-scale", type=float, default=1.0,
+    r.add_argument("--repeats", type=_positive(int), default=1,
+                   help="replicates: seeds seed..seed+N-1")
+    r.add_argument("--seeds", type=_seeds, default=None, help="explicit seeds, e.g. 0,1,2")
+    r.add_argument("--epoch-scale", type=_positive(float), default=1.0,
                    help="multiply every policy epoch count (reduced runs)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config or policy field (repeatable)")
     r.add_argument("--resume", action="store_true", help="continue from checkpoints")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace results that another config wrote in --out")
     r.add_argument("--devices", type=int, default=None, help="use the first N local devices")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--report", action="store_true", help="write report.md when done")
     r.set_defaults(func=cmd_run)
-    rep = sub.add_parser("report", help="Markdown table from results")
+    rep = command("report", "Markdown table from results", "gpjax report results/mnist")
     rep.add_argument("paths", nargs="+", help="results.json files or directories")
     rep.add_argument("--out", default=None, help="write the table here too")
     rep.set_defaults(func=cmd_report)
-    pl = sub.add_parser("plot", help="PNG plots from results")
-    pl.add_argument("paths", nargs="+")
+    pl = command("plot", "PNG plots from results or of a model store's versions",
+                 "gpjax plot results/mnist   (or: gpjax plot store/)")
+    pl.add_argument("paths", nargs="+", help="result directories/files or model stores")
     pl.add_argument("--out", default=None, help="directory of the PNGs (default: first path)")
     pl.set_defaults(func=cmd_plot)
-    ls = sub.add_parser("list", help="list experiment configs")
+    ls = command("list", "list experiment configs", "gpjax list")
     ls.set_defaults(func=cmd_list)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``gpjax`` command. User errors (bad input, a busy or foreign directory, a model
+    that cannot be imported) print one line and exit 2; ``--debug`` shows the traceback."""
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"gpjax: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from gpjax.data.npz import DataFileError
+    from gpjax.fields import ConfigError
+    from gpjax.incremental.checkpoint import CheckpointMismatchError
+    from gpjax.incremental.lock import DirectoryLockedError
+    from gpjax.incremental.loop import ResultsConflictError
+    from gpjax.incremental.store import StoreError
+    from gpjax.models.registry import ModelImportError
+    return (DataFileError, ConfigError, CheckpointMismatchError, DirectoryLockedError,
+            ResultsConflictError, StoreError, ModelImportError, FileExistsError)
+
+
+USER_ERRORS = _user_errors()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from gpjax.data import stream
+from gpjax.fields import check_range, check_types
 from gpjax.grow import accumulate_gradients
 from gpjax.optim import masked
 from gpjax.tasks import Task, classifier_task  # noqa: F401 - public here too
@@ -53,6 +54,12 @@ class OptimizerConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_range(self, "momentum", 0, 1, high_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "clip_norm", 0, low_open=True)
 
 
 def scale_by_learning_rate_arg() -> optax.GradientTransformationExtraArgs:

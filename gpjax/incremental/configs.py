@@ -16,6 +16,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.train import OptimizerConfig
 
 PyTree = Any
@@ -77,6 +78,17 @@ class ExperimentConfig:
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
     heatmap: bool = False
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("batch_size", "eval_batch_size", "chunks", "initial_chunks", "rounds",
+                     "n_train", "n_validation", "n_test"):
+            check_range(self, name, 1)
+        for name in ("checkpoint_every", "prune_checkpoint_every"):
+            check_range(self, name, 0)
+        if self.initial_chunks > self.chunks:
+            raise ConfigError(f"ExperimentConfig.initial_chunks ({self.initial_chunks}) must be "
+                              f"at most chunks ({self.chunks})")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

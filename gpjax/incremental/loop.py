@@ -135,10 +135,12 @@ class _Run:
                                self.cfg.eval_batch_size, progress, batch_sharding)
         self.run_config = run_config(self.cfg, policy, seed)
         ckpt_dir = out / "checkpoints"
-        if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        has_ckpt = ckpt_dir.exists() and any(ckpt_dir.iterdir())
+        if not resume and has_ckpt:
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume=True "
                                   "(--resume) to continue that run, or choose another --out")
-        check_results(out, self.run_config, overwrite=overwrite)
+        if not has_ckpt:  # with checkpoints, their own config guard names what differs
+            check_results(out, self.run_config, overwrite=overwrite)
         self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep,
                                       async_save=False)
         self.models = RoundCheckpointer(out / MODELS_DIR, config=self.run_config,

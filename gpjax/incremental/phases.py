@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import gpjax
+from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.train import (
     Task,
     TrainState,
@@ -221,6 +222,18 @@ class PruneConfig:
     patience: int = 2
     target_params: int | None = None
     max_iterations: int = 200
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_range(self, "percentile", 0, 100, low_open=True, high_open=True)
+        check_range(self, "max_retrain_epochs", 0)
+        check_range(self, "retrain_lr", 0, low_open=True)
+        check_range(self, "tolerance", 0)
+        check_range(self, "patience", 1)
+        check_range(self, "target_params", 0)
+        check_range(self, "max_iterations", 1)
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"PruneConfig.scope must be 'layer' or 'global', got {self.scope!r}")
 
 
 def prune_and_retrain(

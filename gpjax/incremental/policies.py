@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal
 
+from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.incremental.phases import PruneConfig
 
 PRUNE = PruneConfig()
@@ -109,6 +110,23 @@ class Policy:
 
     def plan(self, round_index: int) -> RoundPlan:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for f in dataclasses.fields(self):
+            if f.name.endswith("epochs") or f.name == "grow_every":
+                check_range(self, f.name, 1 if f.name == "grow_every" else 0)
+            elif f.name.endswith(("learning_rate", "_lr")):
+                check_range(self, f.name, 0, low_open=True)
+            elif f.name.endswith("percentile"):
+                check_range(self, f.name, 0, 100, high_open=True)
+            elif f.name.endswith("density"):
+                check_range(self, f.name, 0, 1, low_open=True)
+        for name, allowed in (("growth_scope", ("layer", "global")),
+                              ("growth_init", ("descent", "patent"))):
+            if getattr(self, name, allowed[0]) not in allowed:
+                raise ConfigError(f"{type(self).__name__}.{name} must be one of {allowed}, "
+                                  f"got {getattr(self, name)!r}")
 
     def _prune(self) -> PhaseSpec:
         return PhaseSpec("prune", "all", name="prune")
@@ -261,10 +279,13 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected a boolean, got {value!r}")
         if low in ("none", "null") and not isinstance(current, str):
             return None
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
+        for kind, cast in ((int, int), (float, float)):
+            if isinstance(current, kind):
+                try:
+                    return cast(value)
+                except ValueError:
+                    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") \
+                        from None
         if current is None:
             for cast in (int, float):
                 try:
@@ -274,7 +295,7 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     return value
 
 
-def replace_nested(obj: Any, overrides: dict[str, Any]) -> Any:
+def replace_nested(obj: Any, overrides: dict[str, Any], _prefix: str = "") -> Any:
     """``dataclasses.replace`` with dotted keys (``"prune.tolerance"``) and string values
     coerced to the field's type. Unknown keys raise ``KeyError`` listing the valid ones."""
     direct: dict[str, Any] = {}
@@ -287,7 +308,7 @@ def replace_nested(obj: Any, overrides: dict[str, Any]) -> Any:
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
-            direct[head] = _coerce(value, getattr(obj, head), key)
+            direct[head] = _coerce(value, getattr(obj, head), _prefix + key)
     for head, sub in nested.items():
         current = direct.get(head, getattr(obj, head))
         if current is None:
@@ -295,7 +316,7 @@ def replace_nested(obj: Any, overrides: dict[str, Any]) -> Any:
                 current = NONRECOVERABLE
             else:
                 raise KeyError(f"{head} is None; set it before its fields")
-        direct[head] = replace_nested(current, sub)
+        direct[head] = replace_nested(current, sub, f"{_prefix}{head}.")
     return dataclasses.replace(obj, **direct)
 
 

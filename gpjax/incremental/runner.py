@@ -114,6 +114,7 @@ def start_state(trainer: Trainer, plan: RoundPlan, key: jax.Array, example_batch
         if carry is None:
             raise ValueError(f"a {plan.start!r} round needs the previous model (carry=None): "
                              "the first round of a policy must start fresh")
+        carry = _copy(carry)  # training donates buffers; the caller keeps its model
         return new_state(trainer, key, example_batch, params=carry["params"],
                          aux=carry["aux"], masks=carry["masks"])
     if plan.start == "fresh_sparse":

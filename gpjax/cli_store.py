@@ -1,0 +1,258 @@
+"""``gpjax init / update / history / evaluate / promote``: the model store from the command line.
+
+Examples::
+
+    gpjax init store/ --model lenet300 --data part1.npz --test test.npz
+    gpjax init store/ --model mymodels:Classifier --model-kwargs '{"width": 64}' --data a.npz
+    gpjax update store/ --data part2.npz --test test.npz --max-forgetting 0.5
+    gpjax update store/ --data part2.npz --resume      # continue an interrupted update
+    gpjax history store/            # a table of versions (--json for the manifests)
+    gpjax evaluate store/ --data test.npz --version 1
+    gpjax promote store/ --version 1  # roll LATEST back (or forward)
+    gpjax plot store/               # error, parameters and cost per version (PNG)
+
+Data files are ``.npz`` with arrays ``x`` (float ``[N, ...]``) and ``y`` (integer labels
+``[N]``), or ``tfds:NAME``. The model's input shape and class count come from the first data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gpjax.incremental.policies import POLICIES
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _sets(items: list[str] | None) -> tuple[dict, dict]:
+    """``--set KEY=VALUE``: recipe fields (``batch_size``, ``optimizer.clip_norm``...) and
+    policy fields (``prune.tolerance``, ``new_epochs``...)."""
+    import dataclasses
+
+    from gpjax.incremental.store import Recipe
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe, policy = {}, {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"gpjax: error: --set wants KEY=VALUE, got {item!r}")
+        key, value = (t.strip() for t in item.split("=", 1))
+        (recipe if key.split(".")[0] in recipe_fields else policy)[key] = value
+    return recipe, policy
+
+
+def _recipe(over: dict):
+    from gpjax.incremental.policies import replace_nested
+    from gpjax.incremental.store import Recipe
+    try:
+        return replace_nested(Recipe(), over)
+    except KeyError as e:
+        raise SystemExit(f"gpjax: error: --set: {e.args[0]}") from None
+
+
+def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(c[1] for c in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r
+            for part in key.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+            cells.append("-" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+VERSION_COLUMNS = [
+    ("version", "version", "{}"), ("parent", "parent", "{}"), ("policy.policy", "policy", "{}"),
+    ("metrics.n_train", "train examples", "{:,}"),
+    ("metrics.val_error_old", "val old %", "{:.2f}"),
+    ("metrics.val_error_new", "val new %", "{:.2f}"),
+    ("metrics.val_error", "val all %", "{:.2f}"), ("metrics.test_error", "test %", "{:.2f}"),
+    ("metrics.forgetting", "forgetting", "{:+.2f}"), ("metrics.params", "params", "{:,}"),
+    ("metrics.params_nonrecoverable", "non-rec. params", "{:,}"),
+    ("metrics.test_error_nonrecoverable", "non-rec. test %", "{:.2f}"),
+    ("metrics.epochs", "epochs", "{:.1f}"), ("metrics.wall_time_s", "wall s", "{:.0f}"),
+    ("latest", "LATEST", "{}"),
+]
+
+
+def _print_version(store, manifest: dict) -> None:
+    latest = store.latest()
+    print(_table([{**manifest, "latest": manifest["version"] == latest}], VERSION_COLUMNS))
+    if not manifest.get("promoted", True):
+        print(f"version {manifest['version']} kept but NOT promoted: forgetting "
+              f"{manifest['metrics']['forgetting']:+.2f} points > --max-forgetting "
+              f"{manifest['max_forgetting']}; LATEST stays {latest} "
+              f"(`gpjax promote {store.path} --version {manifest['version']}` to use it)")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from gpjax.incremental.store import WORK, ModelStore
+    if args.resume:
+        store = ModelStore.open(args.store)
+    elif args.model is None:
+        raise SystemExit("gpjax: error: init needs --model NAME|module:Class")
+    else:
+        recipe_over, policy_over = _sets(args.set)
+        existed = Path(args.store).exists()
+        store = ModelStore.create(args.store, model=args.model, model_kwargs=args.model_kwargs,
+                                  policy=args.policy, policy_overrides=policy_over,
+                                  recipe=_recipe(recipe_over))
+    try:
+        manifest = store.init(args.data, validation=args.validation, test=args.test,
+                              progress=not args.no_progress, resume=args.resume)
+    except ValueError:
+        # Refused input: nothing trained, so leave no half-made store behind.
+        if not args.resume and not (store.path / WORK).exists():
+            import shutil
+            for p in store.path.iterdir() if existed else [store.path]:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        raise
+    _print_version(store, manifest)
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from gpjax.incremental.store import ModelStore
+    store = ModelStore.open(args.store)
+    manifest = store.update(args.data, old=args.old, validation=args.validation, test=args.test,
+                            max_forgetting=args.max_forgetting, resume=args.resume,
+                            progress=not args.no_progress, policy=args.policy)
+    _print_version(store, manifest)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from gpjax.incremental.store import ModelStore
+    hist = ModelStore.open(args.store).history()
+    print(json.dumps(hist, indent=1) if args.json else _table(hist, VERSION_COLUMNS))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gpjax.incremental.store import ModelStore
+    res = ModelStore.open(args.store).evaluate(args.data, version=args.version)
+    cols = [("version", "version", "{}"), ("n", "examples", "{:,}"),
+            ("test_error", "error %", "{:.2f}"),
+            ("test_error_nonrecoverable", "non-recoverable error %", "{:.2f}")]
+    print(_table([res], cols))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from gpjax.incremental.store import ModelStore
+    store = ModelStore.open(args.store)
+    store.promote(args.version)
+    print(f"LATEST of {store.path} is now version {args.version}")
+    return 0
+
+
+def plot_store(path: str | Path, out: str | Path | None = None) -> list[Path]:
+    """PNGs of a store's history: error, parameters and cost per version."""
+    from gpjax.incremental.store import ModelStore
+    from gpjax.report import _pyplot, _save_fig
+    store = ModelStore.open(path)
+    hist = store.history()
+    plt = _pyplot()
+    out = Path(out or store.path)
+    v = [h["version"] for h in hist]
+    m = [h["metrics"] for h in hist]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, label in (("val_error_old", "validation, old data"),
+                       ("val_error_new", "validation, new data"), ("test_error", "test")):
+        ys = [x.get(key) for x in m]
+        if any(y is not None for y in ys):
+            axes[0].plot(v, [float("nan") if y is None else y for y in ys], "o-", label=label)
+    axes[0].set(xlabel="version", ylabel="error %", title="error")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(v, [x["params"] for x in m], "o-", label="recoverable")
+    if any(x.get("params_nonrecoverable") for x in m):
+        axes[1].plot(v, [x.get("params_nonrecoverable") or float("nan") for x in m], "s--",
+                     label="non-recoverable")
+    axes[1].set(xlabel="version", ylabel="active parameters", title="size")
+    axes[1].legend(fontsize=8)
+    axes[2].bar(v, [x["epochs"] for x in m])
+    axes[2].set(xlabel="version", ylabel="normalised epochs", title="cost")
+    for ax in axes:
+        ax.set_xticks(v)
+    fig.suptitle(f"model store {store.path.name}")
+    fig.tight_layout()
+    target = out / "history.png"
+    _save_fig(fig, target, 120)
+    return [target]
+
+
+def add_parsers(sub, formatter) -> None:
+    """The store commands' parsers, added to the ``gpjax`` command's subparsers."""
+    def command(name, help_, example):
+        return sub.add_parser(name, help=help_, description=f"{help_}.\n\nExample:\n  {example}",
+                              formatter_class=formatter)
+
+    policies = ",".join(POLICIES)
+    i = command("init", "make a model store and its first version from data",
+                "gpjax init store/ --model lenet300 --data part1.npz --test test.npz")
+    i.add_argument("store", help="the store directory (new or empty)")
+    i.add_argument("--model", default=None,
+                   help="zoo name (lenet300, lenet5, resnet18) or package.module:Class")
+    i.add_argument("--model-kwargs", type=_json_arg, default={}, metavar="JSON",
+                   help="constructor arguments, e.g. '{\"hidden\": [300, 100]}'")
+    i.add_argument("--data", required=True, help=".npz (arrays x, y) or tfds:NAME")
+    i.add_argument("--validation", default=None, help="validation file (default: a held-out "
+                   "fraction of each data file)")
+    i.add_argument("--test", default=None, help="test file (reported only)")
+    i.add_argument("--policy", default="growprune", choices=list(POLICIES),
+                   help=f"update policy of the store ({policies})")
+    i.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a recipe field (batch_size, validation_fraction, seed, augment, "
+                        "optimizer.clip_norm) or policy field (prune.tolerance, first_epochs)")
+    i.add_argument("--resume", action="store_true",
+                   help="continue an interrupted init of this store (same --data)")
+    i.add_argument("--no-progress", action="store_true", help="no progress bars")
+    i.set_defaults(func=cmd_init)
+
+    u = command("update", "add new data to a store: a new version from LATEST",
+                "gpjax update store/ --data part2.npz --test test.npz --max-forgetting 0.5")
+    u.add_argument("store")
+    u.add_argument("--data", required=True, help="the new examples (.npz or tfds:NAME)")
+    u.add_argument("--old", action="append", default=None, metavar="FILE",
+                   help="the earlier data, given explicitly (repeatable; default: the files "
+                        "the manifests name, fingerprints checked)")
+    u.add_argument("--validation", default=None, help="validation file for the new data")
+    u.add_argument("--test", default=None, help="test file (reported only)")
+    u.add_argument("--policy", default=None, choices=list(POLICIES),
+                   help="this update's policy (default: the store's)")
+    u.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
+                   help="keep but do not promote a version whose old-data error rose more")
+    u.add_argument("--resume", action="store_true", help="continue an interrupted update")
+    u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    u.set_defaults(func=cmd_update)
+
+    h = command("history", "a table of a store's versions", "gpjax history store/ --json")
+    h.add_argument("store")
+    h.add_argument("--json", action="store_true", help="the manifests as JSON")
+    h.set_defaults(func=cmd_history)
+
+    e = command("evaluate", "error of a version on a data file",
+                "gpjax evaluate store/ --data test.npz --version 1")
+    e.add_argument("store")
+    e.add_argument("--data", required=True)
+    e.add_argument("--version", type=int, default=None, help="default: LATEST")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = command("promote", "point LATEST at a version (roll back or forward)",
+                "gpjax promote store/ --version 1")
+    p.add_argument("store")
+    p.add_argument("--version", type=int, required=True)
+    p.set_defaults(func=cmd_promote)

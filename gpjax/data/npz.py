@@ -1,0 +1,177 @@
+"""A user's data files: ``.npz`` with ``x`` and ``y``, or ``tfds:NAME``; checked before use.
+
+A classification file holds ``x`` (float, ``[N, ...]``) and ``y`` (integer labels ``[N]``).
+:func:`read_data` reads one and refuses, with a one-line :class:`DataFileError` naming the file,
+the array and the fix, a file that is not an npz, a missing array, an empty file, non-integer
+labels, labels outside the model's classes, NaN/inf features and a feature shape unlike the
+model's. Every file gets a content fingerprint (SHA-256 of the arrays) so a later update can
+tell that an earlier file moved or changed.
+
+:func:`holdout` splits a file into training and validation examples by a seeded rule that
+depends only on the file's content, so the same file always gives the same split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PyTree = Any
+
+
+class DataFileError(ValueError):
+    """A data file cannot be used; the message names the file, the array and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataFile:
+    """One file of examples.
+
+    Attributes:
+      name: its path (absolute) or ``tfds:NAME``, or a caller's label for in-memory arrays.
+      arrays: the examples, a tuple of arrays with a leading axis ``N`` (``(x, y)``).
+      sha256: fingerprint of the arrays' dtypes, shapes and bytes.
+    """
+
+    name: str
+    arrays: tuple
+    sha256: str
+
+    def __len__(self) -> int:
+        return int(len(self.arrays[0]))
+
+
+def fingerprint(arrays: tuple) -> str:
+    """SHA-256 over each array's dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise DataFileError(f"{path}: no such file; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+            for key in ("x", "y"):
+                if key not in names:
+                    raise DataFileError(
+                        f"{path}: no array {key!r} (it has {sorted(names) or 'none'}); save it "
+                        "with np.savez(path, x=features, y=labels)")
+            return np.asarray(z["x"]), np.asarray(z["y"])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        if isinstance(e, DataFileError):
+            raise
+        raise DataFileError(f"{path}: not an .npz file ({e}); save it with "
+                            "np.savez(path, x=features, y=labels)") from None
+
+
+def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import tensorflow_datasets as tfds
+        src = tfds.data_source(name, split="train")
+        items = [src[i] for i in range(len(src))]
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not prepared"
+        raise DataFileError(f"tfds:{name}: cannot read it with tfds.data_source ({e}); prepare "
+                            "it first (tfds build) or give an .npz file") from None
+    x = np.stack([np.asarray(it["image"], np.float32) / 255.0 for it in items])
+    return x, np.asarray([it["label"] for it in items])
+
+
+def check_classification(name: str, x: np.ndarray, y: np.ndarray, *,
+                         input_shape: tuple | None = None,
+                         num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float32, y int32)`` after the checks of the module docstring.
+
+    Raises:
+      DataFileError: naming ``name``, the array and the fix.
+    """
+    if len(x) == 0 or len(y) == 0:
+        raise DataFileError(f"{name}: no examples (x has {len(x)}, y {len(y)}); give a file "
+                            "with at least one example")
+    if len(x) != len(y):
+        raise DataFileError(f"{name}: x has {len(x)} examples but y has {len(y)}; give one "
+                            "label per example")
+    if y.ndim != 1:
+        raise DataFileError(f"{name}: y must be integer labels of shape [N], got shape "
+                            f"{y.shape}; pass class indices, not one-hot rows")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(
+                y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataFileError(f"{name}: y has dtype {y.dtype}, not integer labels; save "
+                                "class indices 0..K-1 (e.g. y.astype(int))")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataFileError(f"{name}: x has dtype {x.dtype}; features must be real numbers")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(1))[0])
+        raise DataFileError(f"{name}: x has {int(bad.sum())} NaN/inf values (first in example "
+                            f"{first}); clean or drop those examples")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataFileError(f"{name}: x has examples of shape {tuple(x.shape[1:])}, the model "
+                            f"takes {tuple(input_shape)}; reshape the features to match")
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise DataFileError(f"{name}: y has labels in [{y.min()}, {y.max()}], the model has "
+                            f"{num_classes} classes (0..{(num_classes or 0) - 1}); relabel, or "
+                            "start a store whose model has more outputs")
+    return x, y.astype(np.int32)
+
+
+def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = None,
+              num_classes: int | None = None, name: str | None = None) -> DataFile:
+    """Reads and checks one classification data source.
+
+    Args:
+      source: an ``.npz`` path, ``"tfds:NAME"`` (its train split, via ``tfds.data_source``) or
+        an ``(x, y)`` tuple of arrays.
+      input_shape: the model's example shape (checked when given).
+      num_classes: the model's class count (labels checked when given).
+      name: a label for in-memory arrays (default ``"<arrays>"``).
+
+    Raises:
+      DataFileError: the source cannot be used (see the module docstring).
+    """
+    if isinstance(source, tuple):
+        label = name or "<arrays>"
+        x, y = (np.asarray(a) for a in source)
+    elif str(source).startswith("tfds:"):
+        label = str(source)
+        x, y = _load_tfds(label.partition(":")[2])
+    else:
+        path = Path(source).expanduser().absolute()
+        label = str(path)
+        x, y = _load_npz(path)
+    x, y = check_classification(label, x, y, input_shape=input_shape, num_classes=num_classes)
+    return DataFile(label, (x, y), fingerprint((x, y)))
+
+
+def holdout(file: DataFile, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train indices, validation indices)`` of a file: a seeded ``fraction`` held out.
+
+    The draw depends on ``seed`` and the file's fingerprint only. At least one example is held
+    out and one kept when the file has two or more.
+    """
+    n = len(file)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = min(max(int(round(fraction * n)), 1 if fraction > 0 and n > 1 else 0), n - 1)
+    rng = np.random.default_rng([int(seed), int(file.sha256[:12], 16)])
+    perm = rng.permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+__all__ = ["DataFile", "DataFileError", "check_classification", "fingerprint", "holdout",
+           "read_data"]

@@ -1,0 +1,575 @@
+"""The model store: the versions of one model as real data arrive, each a folder.
+
+Layout of a store directory::
+
+    STORE/
+      store.json          what the model is: spec, task, policy and its config, the recipe
+      LATEST              the version users get by default (written atomically)
+      versions/0000/      manifest.json + checkpoint/ (Orbax: the training state, the model the
+      versions/0001/        next update starts from, the non-recoverable model)
+      work/               an update in progress (its checkpoints); gone when it finishes
+      .gpjax.lock         held while a command writes (one writer at a time)
+
+A version is made by :meth:`ModelStore.init` (the first model: round 0 of the policy, i.e. grow
+and prune from a connected sparse seed for ``growprune``) or :meth:`ModelStore.update` (the
+policy's update round: inherit, grow on the new data first, then on all data, prune). Both go
+through the one round runner (:func:`gpjax.incremental.runner.update`). The data of an update
+are the new examples plus every earlier one: the store finds the earlier files through the
+parent's manifest and checks their fingerprints. Each file is split into training and
+validation examples by a seeded rule that depends on its content only (or a validation file is
+given), so no update ever trains on an earlier version's validation examples.
+
+Nothing is lost: an update writes its version to a hidden folder and renames it into
+``versions/`` when complete, then moves ``LATEST``; a crash leaves the store as it was, and
+``update(..., resume=True)`` continues the interrupted update from its last checkpoint in
+``work/``, giving the same version as an uninterrupted run (time fields aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import gpjax
+from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
+from gpjax.incremental.checkpoint import RoundCheckpointer
+from gpjax.incremental.lock import DirectoryLock
+from gpjax.incremental.phases import Trainer, new_state
+from gpjax.incremental.policies import Policy, make_policy, policy_to_dict
+from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, update
+from gpjax.models.registry import make_model, model_class
+from gpjax.tasks import TASKS
+from gpjax.train import OptimizerConfig, TrainState, evaluate, make_optimizer
+
+PyTree = Any
+FORMAT = "gpjax-model-store"
+FORMAT_VERSION = 1
+STORE_FILE = "store.json"
+LATEST = "LATEST"
+VERSIONS = "versions"
+WORK = "work"
+
+
+class StoreError(ValueError):
+    """A store command cannot be carried out; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How every version of a store is trained (recorded in ``store.json``).
+
+    Attributes:
+      optimizer: the optimiser recipe.
+      batch_size, eval_batch_size: mini-batch sizes of training and of evaluation.
+      augment: affine distortions of training images (28x28 MNIST-like inputs).
+      validation_fraction: share of each data file held out for validation.
+      seed: seed of initialisation, data order and the validation split.
+      checkpoint_every, prune_checkpoint_every: in-update checkpoints (for ``--resume``).
+    """
+
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    augment: bool = False
+    validation_fraction: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 5
+    prune_checkpoint_every: int = 5
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """One version, loaded: the module and its arrays.
+
+    Attributes:
+      version: its number.
+      model: the Flax module.
+      params, masks, aux: the recoverable model (the one later updates inherit).
+      nonrecoverable: ``{"params", "masks", "aux"}`` of the non-recoverable model, or None.
+      manifest: the version's ``manifest.json``.
+      state: the full training state (optimiser state and key included).
+    """
+
+    version: int
+    model: Any
+    params: PyTree
+    masks: PyTree
+    aux: PyTree
+    nonrecoverable: dict | None
+    manifest: dict
+    state: TrainState
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _vname(v: int) -> str:
+    return f"{v:04d}"
+
+
+def _task_of(kind: str):
+    return TASKS[kind] if kind in TASKS else model_class(kind)
+
+
+class ModelStore:
+    """A directory of model versions (see the module docstring).
+
+    Make one with :meth:`create`, open one with :meth:`open`.
+    """
+
+    def __init__(self, path: Path, spec: dict) -> None:
+        self.path = path
+        self.spec = spec
+        self.recipe = Recipe.from_dict(spec["recipe"])
+        search = spec["model"].get("search_path")
+        self.model = make_model(spec["model"]["spec"], spec["model"].get("kwargs"),
+                                search_path=search)
+        factory = _task_of(spec["task"])
+        augment = None
+        if self.recipe.augment:
+            from gpjax.data.augment import affine_augment
+            augment = affine_augment
+        self.task, self.metrics = factory(self.model, augment=augment,
+                                          eval_batch_size=self.recipe.eval_batch_size)
+        self.trainer = Trainer(self.task, make_optimizer(self.recipe.optimizer),
+                               self.recipe.batch_size, self.recipe.eval_batch_size, True)
+
+    # ------------------------------------------------------------------------- create / open
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, model: str, model_kwargs: dict | None = None,
+               task: str = "classifier", policy: str = "growprune",
+               policy_overrides: dict | None = None, recipe: Recipe = Recipe(),
+               search_path: str | os.PathLike | None = None) -> ModelStore:
+        """Makes an empty store at ``path`` (which must not exist or be empty).
+
+        Args:
+          path: the store directory.
+          model: a zoo name (``lenet300``...) or ``"package.module:Class"``.
+          model_kwargs: constructor arguments.
+          task: a :data:`gpjax.tasks.TASKS` kind or ``"module:function"`` returning
+            ``(Task, metrics)`` like :func:`gpjax.tasks.make_task`'s entries.
+          policy: the update policy (growprune, tfs, nft, nest, merged).
+          policy_overrides: its field overrides (dotted keys: ``{"prune.tolerance": 0.3}``).
+          recipe: optimiser, batch sizes, validation fraction, seed.
+          search_path: directory holding the model's module (recorded).
+
+        Raises:
+          StoreError: ``path`` is a non-empty directory or a file; the model cannot be made.
+        """
+        path = Path(path).expanduser().absolute()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise StoreError(f"{path} exists and is not an empty directory; choose a new path")
+        pol = make_policy(policy, policy_overrides or {})
+        if search_path is None and ":" in model:
+            search_path = os.getcwd()
+        spec = {"format": FORMAT, "version": FORMAT_VERSION, "created": time.time(),
+                "model": {"spec": model, "kwargs": dict(model_kwargs or {}),
+                          "search_path": str(search_path) if search_path else None},
+                "task": task, "policy": policy, "policy_overrides": dict(policy_overrides or {}),
+                "policy_config": policy_to_dict(pol), "recipe": recipe.to_dict(),
+                "input_shape": None, "num_classes": None}
+        store = cls(path, spec)  # makes the model and task: bad specs fail before writing
+        path.mkdir(parents=True, exist_ok=True)
+        (path / VERSIONS).mkdir()
+        DirectoryLock(path).path.touch()  # later commands leave the store's files as they were
+        _atomic_write(path / STORE_FILE, json.dumps(spec, indent=1) + "\n")
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ModelStore:
+        """Opens the store at ``path``.
+
+        Raises:
+          StoreError: ``path`` is not a store.
+        """
+        path = Path(path).expanduser().absolute()
+        f = path / STORE_FILE
+        try:
+            spec = json.loads(f.read_text())
+            assert spec.get("format") == FORMAT
+        except (OSError, ValueError, AssertionError):
+            raise StoreError(f"{path} is not a gpjax model store (no readable {STORE_FILE}); "
+                             "make one with `gpjax init`") from None
+        return cls(path, spec)
+
+    # ------------------------------------------------------------------------- versions
+    def versions(self) -> list[int]:
+        """The complete versions, oldest first."""
+        d = self.path / VERSIONS
+        return sorted(int(p.name) for p in d.iterdir()
+                      if p.name.isdigit() and (p / "manifest.json").exists())
+
+    def latest(self) -> int | None:
+        """The version ``LATEST`` names (None before the first)."""
+        f = self.path / LATEST
+        return int(f.read_text().strip()) if f.exists() else None
+
+    def manifest(self, version: int | None = None) -> dict:
+        """A version's manifest (default: LATEST)."""
+        v = self._version(version)
+        return json.loads((self.path / VERSIONS / _vname(v) / "manifest.json").read_text())
+
+    def history(self) -> list[dict]:
+        """Every version's manifest, oldest first, with ``latest`` marking LATEST's."""
+        latest = self.latest()
+        return [{**self.manifest(v), "latest": v == latest} for v in self.versions()]
+
+    def _version(self, version: int | None) -> int:
+        have = self.versions()
+        if version is None:
+            version = self.latest()
+            if version is None:
+                raise StoreError(f"{self.path} has no version yet; make one with `gpjax init`")
+        if int(version) not in have:
+            raise StoreError(f"{self.path} has no version {version}; it has "
+                             f"{', '.join(map(str, have)) or 'none'} (`gpjax history`)")
+        return int(version)
+
+    def promote(self, version: int) -> None:
+        """Points ``LATEST`` at ``version`` (roll back or forward)."""
+        with DirectoryLock(self.path, what="model store command"):
+            _atomic_write(self.path / LATEST, _vname(self._version(version)) + "\n")
+
+    # ------------------------------------------------------------------------- load
+    def _template(self) -> dict:
+        shape = self.spec["input_shape"]
+        x = np.zeros((1, *shape), np.float32)
+        st = new_state(self.trainer, jax.random.PRNGKey(0), (x, np.zeros((1,), np.int32)))
+        m = model_of(st)
+        return {"state": st, "carry": m, "nonrecoverable": m}
+
+    def _restore(self, v: int) -> tuple[dict, dict]:
+        ckpt = RoundCheckpointer(self.path / VERSIONS / _vname(v) / "checkpoint",
+                                 config=self._ckpt_config(), async_save=False)
+        try:
+            return ckpt.restore(0, self._template())
+        finally:
+            ckpt.close()
+
+    def load(self, version: int | None = None) -> LoadedModel:
+        """A version's models (default: LATEST)."""
+        v = self._version(version)
+        tree, meta = self._restore(v)
+        st = tree["state"]
+        nonrec = tree["nonrecoverable"] if meta.get("has_nonrecoverable") else None
+        return LoadedModel(v, self.model, st.params, st.masks, st.aux, nonrec,
+                           self.manifest(v), st)
+
+    def evaluate(self, data: str | os.PathLike | tuple, *, version: int | None = None) -> dict:
+        """Error of a version (default: LATEST) on a data file: ``{"version", "n",
+        "test_error", ("test_error_nonrecoverable")}`` (percent)."""
+        m = self.load(version)
+        f = self._read(data)
+        out = {"version": m.version, "n": len(f), "data": f.name,
+               **self.metrics(m.params, m.aux, f.arrays)}
+        if m.nonrecoverable is not None:
+            nr = m.nonrecoverable
+            out.update({f"{k}_nonrecoverable": v
+                        for k, v in self.metrics(nr["params"], nr["aux"], f.arrays).items()})
+        return out
+
+    # ------------------------------------------------------------------------- data
+    def _read(self, source) -> DataFile:
+        return read_data(source, input_shape=self.spec["input_shape"],
+                         num_classes=self.spec["num_classes"])
+
+    def _entry(self, f: DataFile, role: str, added_in: int) -> dict:
+        """A file's manifest entry; ``role``: "train" (a held-out fraction validates),
+        "train_all" (every example trains: a validation file was given) or "validation"."""
+        entry = {"path": f.name, "n": len(f), "sha256": f.sha256, "role": role,
+                 "added_in": added_in}
+        if role == "train":
+            tr, va = holdout(f, self.recipe.validation_fraction, self.recipe.seed)
+            entry.update(n_train=len(tr), n_validation=len(va),
+                         split={"fraction": self.recipe.validation_fraction,
+                                "seed": self.recipe.seed})
+        return entry
+
+    def _parts(self, f: DataFile, entry: dict) -> tuple[tuple | None, tuple | None]:
+        """(training arrays, validation arrays) of a file by its manifest entry."""
+        if entry["role"] == "validation":
+            return None, f.arrays
+        if entry["role"] == "train_all":
+            return f.arrays, None
+        tr, va = holdout(f, entry["split"]["fraction"], entry["split"]["seed"])
+        take = lambda idx: tuple(a[idx] for a in f.arrays)  # noqa: E731
+        return take(tr), (take(va) if len(va) else None)
+
+    def _old_files(self, parent: dict, old: Sequence | None) -> list[tuple[DataFile, dict]]:
+        """The parent's data, found through its manifest (fingerprints checked), or ``old``."""
+        if old:
+            files = [self._read(o) for o in old]
+            recorded = {e["sha256"]: e for e in parent["data"]}
+            return [(f, recorded.get(f.sha256) or self._entry(f, "train", -1)) for f in files]
+        out = []
+        for e in parent["data"]:
+            if e["path"].startswith("<"):
+                raise StoreError(f"version {parent['version']} was trained on in-memory arrays "
+                                 f"{e['path']}; pass the earlier data explicitly (--old)")
+            try:
+                f = self._read(e["path"])
+            except DataFileError as err:
+                raise StoreError(f"earlier data file {e['path']} (version {e['added_in']}) "
+                                 f"cannot be read: {err}; pass the earlier data with --old") \
+                    from None
+            if f.sha256 != e["sha256"]:
+                raise StoreError(f"earlier data file {e['path']} (version {e['added_in']}) has "
+                                 "changed since it was used (its fingerprint differs); restore "
+                                 "it, or pass the earlier data explicitly with --old")
+            out.append((f, e))
+        return out
+
+    # ------------------------------------------------------------------------- init / update
+    def init(self, data, *, validation=None, test=None, resume: bool = False,
+             progress: bool = True) -> dict:
+        """The first version: round 0 of the policy on ``data``. Returns its manifest."""
+        if self.versions():
+            raise StoreError(f"{self.path} already has versions; add data with `gpjax update`")
+        if not resume and (self.path / WORK).exists():
+            raise StoreError(f"{self.path} holds an interrupted init; continue it with "
+                             "`gpjax init STORE --resume --data ...` or delete the store")
+        return self._make(data, validation, test, old=None, resume=resume, progress=progress)
+
+    def update(self, new_data, *, old: Sequence | None = None, validation=None, test=None,
+               max_forgetting: float | None = None, resume: bool = False,
+               progress: bool = True, policy: str | None = None) -> dict:
+        """A new version from the LATEST one and ``new_data`` plus every earlier example.
+
+        Args:
+          new_data: the new examples (an ``.npz`` path, ``tfds:NAME`` or ``(x, y)``).
+          old: the earlier data, given explicitly (instead of the manifests' files).
+          validation: a validation file for the new data (default: a held-out fraction).
+          test: a test file, reported only.
+          max_forgetting: error points the old data's validation error may rise; beyond it the
+            version is kept but ``LATEST`` stays where it was.
+          resume: continue an interrupted update from its checkpoints in ``work/``.
+          policy: this update's policy instead of the store's (e.g. "tfs").
+
+        Returns:
+          The new version's manifest (``promoted`` says whether LATEST moved).
+        """
+        if not self.versions():
+            raise StoreError(f"{self.path} has no version yet; make the first with `gpjax init`")
+        return self._make(new_data, validation, test, old=old, resume=resume,
+                          progress=progress, max_forgetting=max_forgetting, policy=policy)
+
+    def _policy(self, name: str | None) -> Policy:
+        if name is None or name == self.spec["policy"]:
+            return make_policy(self.spec["policy"], self.spec["policy_overrides"])
+        return make_policy(name)
+
+    def _ckpt_config(self) -> dict:
+        return {"store": {k: self.spec[k] for k in ("model", "task", "recipe")}}
+
+    def _make(self, data, validation, test, *, old, resume, progress, max_forgetting=None,
+              policy=None) -> dict:
+        t_start = time.time()
+        with DirectoryLock(self.path, what="model store command"):
+            job = self._prepare(data, validation, test, old, policy)
+            work = self.path / WORK
+            if work.exists() and not resume:
+                raise StoreError(f"{work} holds an interrupted update; continue it with "
+                                 "--resume, or delete that folder to drop it")
+            if resume and work.exists():
+                saved = json.loads((work / "job.json").read_text())
+                if saved != job["record"]:
+                    raise StoreError(f"the interrupted update in {work} was for other data or "
+                                     "settings; rerun it with the same command, or delete "
+                                     f"{work}")
+            _atomic_write(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
+            work.mkdir(exist_ok=True)
+            _atomic_write(work / "job.json", json.dumps(job["record"], indent=1))
+            manifest = self._run(job, work, progress, t_start, max_forgetting)
+            shutil.rmtree(work)
+            return manifest
+
+    def _prepare(self, data, validation, test, old, policy) -> dict:
+        """Reads and checks every input before anything is written."""
+        first = not self.versions()
+        if first:
+            new = read_data(data) if not isinstance(data, DataFile) else data
+            self._fix_shapes(new)
+        else:
+            new = self._read(data)
+        parent = None if first else self.manifest(self.latest())
+        version = 0 if first else max(self.versions()) + 1
+        files = [] if first else self._old_files(parent, old)
+        files.append((new, self._entry(new, "train", version)))
+        if validation is not None:
+            v = self._read(validation)
+            files[-1] = (new, self._entry(new, "train_all", version))
+            files.append((v, self._entry(v, "validation", version)))
+        test_file = self._read(test) if test is not None else None
+        pol = self._policy(policy)
+        round_index = 0 if first else parent["round"] + 1
+        record = {"version": version, "parent": None if first else parent["version"],
+                  "round": round_index, "policy": policy_to_dict(pol),
+                  "data": [e for _, e in files],
+                  "test": None if test_file is None else {"path": test_file.name,
+                                                          "sha256": test_file.sha256}}
+        return {"record": record, "files": files, "test": test_file, "policy": pol,
+                "parent": parent}
+
+    def _fix_shapes(self, f: DataFile) -> None:
+        """The first data fix the model's input shape and classes (checked on later files)."""
+        x = f.arrays[0]
+        variables = self.model.init(jax.random.PRNGKey(0), x[:1], train=False)
+        classes = int(self.model.apply(variables, x[:1], train=False).shape[-1])
+        from gpjax.data.npz import check_classification
+        check_classification(f.name, *f.arrays, num_classes=classes)
+        self.spec = {**self.spec, "input_shape": list(x.shape[1:]), "num_classes": classes}
+
+    def _round_data(self, files) -> tuple[RoundData, dict]:
+        new_v = max(e["added_in"] for _, e in files)
+        parts = {"new": [], "old": [], "val_new": [], "val_old": []}
+        for f, e in files:
+            tr, va = self._parts(f, e)
+            is_new = e["added_in"] == new_v
+            if tr is not None:
+                parts["new" if is_new else "old"].append(tr)
+            if va is not None:
+                parts["val_new" if is_new else "val_old"].append(va)
+        cat = lambda xs: None if not xs else tuple(  # noqa: E731
+            np.concatenate(cols) for cols in zip(*xs))
+        new = cat(parts["new"])
+        every = cat(parts["old"] + parts["new"])
+        val = {"old": cat(parts["val_old"]), "new": cat(parts["val_new"]),
+               "all": cat(parts["val_old"] + parts["val_new"])}
+        if val["all"] is None:
+            raise StoreError("no validation examples: give --validation, or data files of two "
+                             "or more examples")
+        return RoundData(new, every, val["all"]), val
+
+    def _run(self, job, work: Path, progress: bool, t_start: float,
+             max_forgetting: float | None) -> dict:
+        rec, pol = job["record"], job["policy"]
+        data, val = self._round_data(job["files"])
+        trainer = dataclasses.replace(self.trainer, progress=progress)
+        plan = pol.plan(rec["round"])
+        ckpt = RoundCheckpointer(work / "checkpoints", config=self._ckpt_config(),
+                                 max_to_keep=2, async_save=False)
+        template = self._template()
+        state, carry_next, resume = None, None, None
+        got = ckpt.restore_latest(template)
+        if got is not None:
+            _, tree, meta = got
+            state, resume = tree["state"], meta["progress"]
+            carry_next = tree["carry"] if meta["has_carry"] else None
+        carry = None
+        if state is None and plan.start in ("inherit", "carry_dense"):
+            # "inherit": the parent's recoverable model; "carry_dense": the model it carries
+            # (NFT's dense one).
+            tree, _ = self._restore(rec["parent"])
+            carry = tree["carry"] if plan.start == "carry_dense" else model_of(tree["state"])
+        step = [0 if got is None else got[0]]
+
+        def snapshot(st, cn, progress_):
+            step[0] += 1
+            ckpt.save(step[0], {"state": st, "carry": cn if cn is not None else model_of(st),
+                                "nonrecoverable": model_of(st)},
+                      {"progress": progress_, "has_carry": cn is not None}, overwrite=True)
+
+        test = job["test"]
+        measure = None if test is None else (
+            lambda st: {"test_error": self.metrics(st.params, st.aux, test.arrays)["test_error"]})
+        key = jax.random.fold_in(jax.random.PRNGKey(self.recipe.seed), rec["round"])
+        example = tuple(a[:2] for a in data.all)
+        try:
+            state, carry_next, log = update(
+                trainer, plan, data, pol.prune, state=state, key=key, example_batch=example,
+                carry=carry, resume=resume, carry_next=carry_next, snapshot=snapshot,
+                checkpoint_every=self.recipe.checkpoint_every,
+                prune_checkpoint_every=self.recipe.prune_checkpoint_every, measure=measure)
+        finally:
+            ckpt.close()
+        nonrec = None
+        if pol.nonrecoverable is not None:
+            nonrec, nlog = nonrecoverable(trainer, state, data, pol.nonrecoverable)
+        metrics = self._metrics(state, nonrec, val, test, job["parent"], log, data)
+        metrics["wall_time_total_s"] = time.time() - t_start
+        promoted = True
+        if (max_forgetting is not None and metrics["forgetting"] is not None
+                and metrics["forgetting"] > max_forgetting):
+            promoted = False
+        manifest = {**rec, "created": time.time(), "gpjax_version": gpjax.__version__,
+                    "model": self.spec["model"], "task": self.spec["task"],
+                    "input_shape": self.spec["input_shape"],
+                    "num_classes": self.spec["num_classes"],
+                    "validation_rule": {"fraction": self.recipe.validation_fraction,
+                                        "seed": self.recipe.seed},
+                    "start": plan.start, "metrics": metrics, "promoted": promoted,
+                    "max_forgetting": max_forgetting,
+                    "prune_curve": log.prune_curve, "stopped": log.stopped}
+        self._write_version(rec["version"], state, carry_next, nonrec, manifest)
+        if promoted:
+            _atomic_write(self.path / LATEST, _vname(rec["version"]) + "\n")
+        return manifest
+
+    def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
+        err = lambda st, d: None if d is None else 100.0 * evaluate(  # noqa: E731
+            st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size)
+        counts = gpjax.count_params(state.masks)
+        dead = gpjax.dead_units(state.masks, input_fed=list(self.task.input_kernels))
+        m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
+             "val_error": err(state, val["all"]),
+             "test_error": None if test is None else self.metrics(
+                 state.params, state.aux, test.arrays)["test_error"],
+             "params": counts.active, "params_dense": counts.dense,
+             "density": counts.active / max(counts.dense, 1),
+             "dead_units": int(sum(d.inputs + d.outputs for d in dead.values())),
+             "epochs": log.cost.epochs, "epochs_by_phase": log.cost.by_phase,
+             "raw_epochs": log.cost.raw_epochs, "examples": log.cost.examples,
+             "wall_time_s": log.cost.wall_time_s,
+             "n_train": int(len(data.all[0])), "n_new": int(len(data.new[0]))}
+        prev = None if parent is None else parent["metrics"]["val_error"]
+        m["forgetting"] = (None if prev is None or m["val_error_old"] is None
+                           else m["val_error_old"] - prev)
+        if nonrec is not None:
+            m.update(params_nonrecoverable=gpjax.count_params(nonrec.masks).active,
+                     val_error_nonrecoverable=err(nonrec, val["all"]),
+                     test_error_nonrecoverable=None if test is None else self.metrics(
+                         nonrec.params, nonrec.aux, test.arrays)["test_error"])
+        return m
+
+    def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> None:
+        final = self.path / VERSIONS / _vname(v)
+        staging = self.path / VERSIONS / f".staging-{_vname(v)}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        ckpt = RoundCheckpointer(staging / "checkpoint", config=self._ckpt_config(),
+                                 max_to_keep=None, async_save=False)
+        try:
+            ckpt.save(0, {"state": state, "carry": carry,
+                          "nonrecoverable": model_of(nonrec) if nonrec else model_of(state)},
+                      {"has_nonrecoverable": nonrec is not None, "version": v})
+        finally:
+            ckpt.close()
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if final.exists():  # a version dir left by a crash between rename and LATEST
+            shutil.rmtree(final)
+        os.replace(staging, final)
+
+
+__all__ = ["LoadedModel", "ModelStore", "Recipe", "StoreError"]
