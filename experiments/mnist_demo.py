@@ -33,13 +33,9 @@ import jax.numpy as jnp
 import gpjax
 from gpjax.data.augment import affine_augment
 from gpjax.data.mnist import load_mnist
-from gpjax.incremental.phases import (
-    PruneConfig,
-    Trainer,
-    grow_and_train,
-    new_state,
-    prune_and_retrain,
-)
+from gpjax.incremental.phases import PruneConfig, Trainer, new_state
+from gpjax.incremental.policies import PhaseSpec, RoundPlan
+from gpjax.incremental.runner import RoundData, nonrecoverable, update
 from gpjax.models import LeNet300
 from gpjax.train import OptimizerConfig, classifier_task, make_optimizer
 
@@ -112,23 +108,27 @@ def main(argv: list[str] | None = None) -> dict:
         })
 
     record("initial (10% random mask)", state, 0)
-    state, grow_log = grow_and_train(trainer, state, train, epochs=args.epochs,
-                                     learning_rate=args.lr, grow_every=args.grow_every,
-                                     percentile=args.alpha, name="grow-and-train")
-    epochs = grow_log.epochs
-    record("after growth", state, epochs)
+    # One round of the method from this seed, through the round runner: grow and train on
+    # all the data, then prune recoverably.
+    plan = RoundPlan("fresh_sparse", (
+        PhaseSpec("grow", "all", args.epochs, args.lr, args.grow_every, args.alpha,
+                  name="grow-and-train"),
+        PhaseSpec("prune", "all", name="prune (recoverable)")), seed_density=args.density)
     prune_cfg = PruneConfig(percentile=args.beta, max_retrain_epochs=args.retrain_epochs,
                             retrain_lr=args.retrain_lr, tolerance=args.tolerance,
                             patience=args.patience, max_iterations=args.max_iterations)
-    state, prune_log = prune_and_retrain(trainer, state, train, val, prune_cfg,
-                                         name="prune (recoverable)")
-    epochs += prune_log.epochs
+
+    def after_growth(spec, st, event, cost):
+        if event["epoch"] == args.epochs - 1:
+            record("after growth", st, cost)
+
+    data = RoundData(train, train, val)
+    state, _, log = update(trainer, plan, data, prune_cfg, state=state, on_epoch=after_growth)
+    epochs = log.cost.epochs
     record("recoverable pruning", state, epochs)
-    logs = [grow_log, prune_log]
+    logs = list(log.phases)
     if not args.no_nonrecoverable:
-        nonrec_cfg = dataclasses.replace(prune_cfg, recoverable=False)
-        compact, nonrec_log = prune_and_retrain(trainer, state, train, val, nonrec_cfg,
-                                                name="prune (non-recoverable)")
+        compact, nonrec_log = nonrecoverable(trainer, state, data, prune_cfg)
         record("non-recoverable pruning", compact, epochs + nonrec_log.epochs)
         logs.append(nonrec_log)
 

@@ -32,7 +32,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpjax.cli_store import UsageError, add_export_parser, add_parsers
+
 POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (and the command to get help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parse_list(text: str, cast=str) -> list:
@@ -71,10 +80,10 @@ def _writable_dir(path: Path) -> None:
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise SystemExit(f"gpjax: error: --out {path}: {p} is a file, not a directory; choose "
+        raise UsageError(f"--out {path}: {p} is a file, not a directory; choose "
                          "another --out")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise SystemExit(f"gpjax: error: --out {path}: {p} is not writable; choose another "
+        raise UsageError(f"--out {path}: {p} is not writable; choose another "
                          "--out")
 
 
@@ -89,14 +98,14 @@ def _split_sets(sets: list[str], experiment_fields: set[str]) -> tuple[dict, dic
     exp, pol, per_policy = {}, {}, {}
     for item in sets:
         if "=" not in item:
-            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set wants KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip()
         target = None
         if ":" in key:
             target, key = key.split(":", 1)
             if target not in POLICY_NAMES:
-                raise SystemExit(f"--set {item!r}: unknown policy {target!r}")
+                raise UsageError(f"--set {item!r}: unknown policy {target!r}")
         if target is None and key.split(".")[0] in experiment_fields:
             exp[key] = _value(value)
         elif target is None:
@@ -139,13 +148,13 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
     try:
         cfg = get_config(config)
     except KeyError as e:
-        raise SystemExit(f"gpjax: error: --config: {e.args[0]}") from None
+        raise UsageError(f"--config: {e.args[0]}") from None
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     exp_over, pol_over, per_policy = _split_sets(sets, fields)
     changes = {}
     for key, value in exp_over.items():
         if "." in key:
-            raise SystemExit(f"--set {key}: experiment fields are set whole (JSON values)")
+            raise UsageError(f"--set {key}: experiment fields are set whole (JSON values)")
         if key == "optimizer" and isinstance(value, dict):
             value = dataclasses.replace(cfg.optimizer, **value)
         if key == "class_rounds" and isinstance(value, list):
@@ -156,18 +165,18 @@ def resolve(config: str, policies: list[str], sets: list[str], rounds: int | Non
     try:
         cfg = dataclasses.replace(cfg, **changes)
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"gpjax: error: --set: {e}") from None
+        raise UsageError(f"--set: {e}") from None
     out = []
     for name in policies:
         if name not in POLICY_NAMES:
-            raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+            raise UsageError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
         over = _merge_overrides(cfg.policies.get(name, {}), pol_over, per_policy.get(name, {}))
         try:
             pol = make_policy(name, over)
         except KeyError as e:
-            raise SystemExit(f"gpjax: error: --set: {e.args[0]}") from None
+            raise UsageError(f"--set: {e.args[0]}") from None
         except (TypeError, ValueError) as e:
-            raise SystemExit(f"gpjax: error: --set ({name}): {e}") from None
+            raise UsageError(f"--set ({name}): {e}") from None
         out.append(scale_epochs(pol, epoch_scale))
     return cfg, out
 
@@ -217,7 +226,7 @@ def _check_runs(cfg, pols, seeds, out: Path, args) -> None:
             ckpt = d / "checkpoints"
             has_ckpt = ckpt.exists() and any(ckpt.iterdir())
             if not args.resume and has_ckpt:
-                raise SystemExit(f"gpjax: error: {ckpt} already holds checkpoints: pass "
+                raise UsageError(f"{ckpt} already holds checkpoints: pass "
                                  "--resume to continue that run, or choose another --out")
             if not has_ckpt:
                 check_results(d, run_config(cfg, pol, seed), overwrite=args.overwrite)
@@ -281,9 +290,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from gpjax.cli_store import add_parsers
     fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(prog="gpjax", description=__doc__, formatter_class=fmt)
+    ap = _Parser(prog="gpjax", description=__doc__, formatter_class=fmt)
     ap.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = ap.add_subparsers(dest="command", required=True)
     add_parsers(sub, fmt)
@@ -325,6 +333,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("paths", nargs="+", help="result directories/files or model stores")
     pl.add_argument("--out", default=None, help="directory of the PNGs (default: first path)")
     pl.set_defaults(func=cmd_plot)
+    add_export_parser(sub, fmt)
     ls = command("list", "list experiment configs", "gpjax list")
     ls.set_defaults(func=cmd_list)
     return ap
@@ -351,7 +360,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gpjax.incremental.loop import ResultsConflictError
     from gpjax.incremental.store import StoreError
     from gpjax.models.registry import ModelImportError
-    return (DataFileError, ConfigError, CheckpointMismatchError, DirectoryLockedError,
+    return (UsageError, DataFileError, ConfigError, CheckpointMismatchError, DirectoryLockedError,
             ResultsConflictError, StoreError, ModelImportError, FileExistsError)
 
 

@@ -24,6 +24,10 @@ from pathlib import Path
 from gpjax.incremental.policies import POLICIES
 
 
+class UsageError(ValueError):
+    """A command line that cannot run; printed as one line, exit status 2."""
+
+
 def _json_arg(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -44,7 +48,7 @@ def _sets(items: list[str] | None) -> tuple[dict, dict]:
     recipe, policy = {}, {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"gpjax: error: --set wants KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set wants KEY=VALUE, got {item!r}")
         key, value = (t.strip() for t in item.split("=", 1))
         (recipe if key.split(".")[0] in recipe_fields else policy)[key] = value
     return recipe, policy
@@ -56,7 +60,7 @@ def _recipe(over: dict):
     try:
         return replace_nested(Recipe(), over)
     except KeyError as e:
-        raise SystemExit(f"gpjax: error: --set: {e.args[0]}") from None
+        raise UsageError(f"--set: {e.args[0]}") from None
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
@@ -103,7 +107,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.resume:
         store = ModelStore.open(args.store)
     elif args.model is None:
-        raise SystemExit("gpjax: error: init needs --model NAME|module:Class")
+        raise UsageError("init needs --model NAME|module:Class")
     else:
         recipe_over, policy_over = _sets(args.set)
         existed = Path(args.store).exists()
@@ -256,3 +260,80 @@ def add_parsers(sub, formatter) -> None:
     p.add_argument("store")
     p.add_argument("--version", type=int, required=True)
     p.set_defaults(func=cmd_promote)
+
+
+def load_for_export(source: str | Path, *, version: int | None = None,
+                    round_index: int | None = None, which: str = "nonrecoverable") -> dict:
+    """The model to export from a model store (a version, default LATEST) or a ``gpjax run``
+    directory ``DIR/<policy>-seed<seed>`` (a round, default the last): ``{"model", "params",
+    "masks", "aux", "input_shape", "source", "num_classes"}``. ``which``: "nonrecoverable"
+    (the deployment model; the recoverable one when none was made) or "recoverable"."""
+    from gpjax.incremental.loop import load_round_models
+    from gpjax.incremental.store import STORE_FILE, ModelStore
+    if which not in ("nonrecoverable", "recoverable"):
+        raise UsageError(f"--which must be nonrecoverable or recoverable, got {which!r}")
+    src = Path(source)
+    if (src / STORE_FILE).exists():
+        store = ModelStore.open(src)
+        m = store.load(version)
+        chosen = m.nonrecoverable if which == "nonrecoverable" and m.nonrecoverable else {
+            "params": m.params, "masks": m.masks, "aux": m.aux}
+        return {"model": m.model, **chosen, "input_shape": store.spec["input_shape"],
+                "num_classes": store.spec["num_classes"],
+                "source": f"model store {store.path}, version {m.version}"}
+    if version is not None:
+        raise UsageError(f"--version is for model stores; {src} is not one (use --round)")
+    try:
+        got = load_round_models(src, round_index)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    chosen = got[which] if got[which] is not None else got["recoverable"]
+    return {"model": got["model"], **chosen, "input_shape": got["input_shape"],
+            "num_classes": None, "source": f"gpjax run {src}, round {got['round']}"}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from gpjax.export import export_from_state
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"--out {out} exists; export never overwrites: choose a new directory")
+    got = load_for_export(args.source, version=args.version, round_index=args.round,
+                          which=args.which)
+    test = None
+    if args.test is not None:
+        from gpjax.data.npz import read_data
+        test = read_data(args.test, input_shape=got["input_shape"],
+                         num_classes=got["num_classes"]).arrays
+    example = np.zeros((1, *got["input_shape"]), np.float32)
+    manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
+                                 example_input=example, source=got["source"], test_data=test,
+                                 format=args.format)
+    keys = ("parameters", "density", "macs", "test_accuracy")
+    print(_table([{k: manifest.get(k) for k in keys} | {"out": str(out)}],
+                 [("out", "artifact", "{}"), ("parameters", "parameters", "{:,}"),
+                  ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
+                  ("test_accuracy", "test accuracy", "{:.4f}")]))
+    return 0
+
+
+def add_export_parser(sub, formatter) -> None:
+    """``gpjax export``'s parser."""
+    x = sub.add_parser(
+        "export", formatter_class=formatter,
+        help="write a compact, JAX-only inference artifact of a model",
+        description="Compact a model (dead units removed, sparse layers where measured "
+                    "faster) and write a jax.export artifact.\n\nExample:\n  gpjax export "
+                    "store/ --out artifact/ --test test.npz\n  gpjax export "
+                    "results/mnist/growprune-seed0 --round 9 --out artifact/")
+    x.add_argument("source", help="a model store, or a gpjax run directory DIR/<policy>-seed<s>")
+    x.add_argument("--out", required=True, help="the artifact directory (must not exist)")
+    x.add_argument("--version", type=int, default=None, help="store version (default LATEST)")
+    x.add_argument("--round", type=int, default=None, help="run round (default: the last)")
+    x.add_argument("--which", default="nonrecoverable", choices=("nonrecoverable", "recoverable"),
+                   help="the non-recoverable (deployment) model or the recoverable one")
+    x.add_argument("--test", default=None, help="a test .npz: accuracy recorded in the manifest")
+    x.add_argument("--format", default="jax", choices=("jax", "onnx"),
+                   help="onnx also writes model.onnx (needs the onnx extra)")
+    x.set_defaults(func=cmd_export)

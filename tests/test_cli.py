@@ -48,9 +48,9 @@ def test_resolve_overrides():
     g, t = pols
     assert g.prune.tolerance == 0.25 and t.prune.tolerance == 0.25
     assert t.epochs == 7 and g.nonrecoverable is None
-    with pytest.raises(SystemExit, match="no field"):
+    with pytest.raises(cli.UsageError, match="no field"):
         cli.resolve("lenet300_mnist", ["tfs"], ["no_such_field=1"])
-    with pytest.raises(SystemExit, match="unknown policy"):
+    with pytest.raises(cli.UsageError, match="unknown policy"):
         cli.resolve("lenet300_mnist", ["sgd"], [])
     with pytest.raises(KeyError, match="unknown config"):
         get_config("nope")
@@ -102,3 +102,70 @@ def test_run_report_plot_class_incremental_heatmaps(tmp_path, capsys):
     assert "|" in capsys.readouterr().out
     assert cli.main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0
     assert any((tmp_path / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "batch_size=abc"], "batch_size must be int, got 'abc'"),
+    (["--set", "prune.percentile=150"], "PruneConfig.percentile must be in (0, 100)"),
+    (["--set", "prune.percentile=abc"], "prune.percentile: expected float, got 'abc'"),
+    (["--set", "epochs=-1"], "TFS.epochs must be in [0"),
+    (["--set", "initial_chunks=20"], "initial_chunks (20) must be at most chunks (3)"),
+    (["--rounds", "0"], "argument --rounds: must be positive"),
+    (["--epoch-scale", "0"], "argument --epoch-scale: must be positive"),
+    (["--seeds", "x"], "argument --seeds: expected comma-separated integers"),
+    (["--config", "nosuch"], "unknown config 'nosuch'"),
+])
+def test_bad_run_arguments_refused_in_one_line_before_anything(args, says, tmp_path, capsys):
+    """Each is refused at once (no data loaded, nothing written), in one line, exit 2."""
+    argv = ["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--out",
+            str(tmp_path / "out"), *args]
+    if "--config" in args:
+        argv[1:3] = []
+    with pytest.raises(SystemExit) if args[0] in ("--rounds", "--epoch-scale", "--seeds") \
+            else _nothing():
+        code = cli.main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    code = cli.main(["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--out",
+                     str(f / "sub")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
+
+
+def test_run_directory_lock_and_foreign_results(tmp_path):
+    """A second writer of one run directory is refused; results of another config are never
+    replaced without --overwrite (the run is refused before it starts)."""
+    from gpjax.incremental import DirectoryLock, DirectoryLockedError, ResultsConflictError, run
+    from gpjax.incremental.loop import run_config, run_dir
+    from gpjax.report import write_rows
+    cfg = get_config("lenet300_mnist_tiny")
+    pol = make_policy("tfs")
+    d = run_dir(tmp_path, pol, 0)
+    with DirectoryLock(d, what="run"):
+        with pytest.raises(DirectoryLockedError, match="being written by process"):
+            run(cfg, pol, 0, tmp_path, progress=False)
+    other = run_config(dataclasses.replace(cfg, batch_size=16), pol, 0)
+    write_rows([{"policy": "tfs", "seed": 0, "round": 0, "test_error": 1.0}], d,
+               metadata=other)
+    before = (d / "results.json").read_bytes()
+    with pytest.raises(ResultsConflictError, match="batch_size: old=16 new=32"):
+        run(cfg, pol, 0, tmp_path, progress=False)
+    code = cli.main(["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--out",
+                     str(tmp_path)])
+    assert code == 2 and (d / "results.json").read_bytes() == before
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -96,6 +96,7 @@ def check_results(directory: Path, config: dict, *, overwrite: bool = False) -> 
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResultsConflictError(f"{path} cannot be read ({e}); move it away or pass "
                                    "--overwrite to replace it") from None
+    config = json.loads(json.dumps(config))  # as stored: tuples become lists
     stored = {k: stored.get(k) for k in config}
     if stored != config:
         diff = "; ".join(config_diff(stored, config)[:5])
@@ -190,9 +191,12 @@ class _Run:
         evaluation and export: ``models/<round>``)."""
         rec = model_of(state)
         tree = {"recoverable": rec, "nonrecoverable": model_of(nonrec) if nonrec else rec}
+        example = self.exp.example_batch
+        shape = list(np.shape(example[0])[1:]) if isinstance(example, tuple) else None
         self.models.save(r, tree, {"round": r, "has_nonrecoverable": nonrec is not None,
                                    "row": row, "model": self.cfg.model,
-                                   "model_kwargs": self.cfg.model_kwargs}, overwrite=True)
+                                   "model_kwargs": self.cfg.model_kwargs,
+                                   "input_shape": shape}, overwrite=True)
 
     # ---------------------------------------------------------------------------- one round
     def run_round(self, r: int, carry: dict | None, state: TrainState | None,
@@ -321,6 +325,42 @@ def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | N
             m = np.asarray(m)
             return m.reshape(-1, m.shape[-1])
     return None
+
+
+def load_round_models(directory: str | Path, round_index: int | None = None) -> dict:
+    """A run's saved models of one round (default: the last): ``{"round", "model" (the Flax
+    module), "recoverable", "nonrecoverable" (each ``{"params", "masks", "aux"}``; the latter
+    None when the policy made none), "row", "input_shape"}``.
+
+    Raises:
+      FileNotFoundError: ``directory`` holds no saved models or not that round.
+    """
+    from gpjax.incremental.checkpoint import CONFIG_FILE, RoundCheckpointer
+    from gpjax.models.registry import make_model
+    from gpjax.tasks import classifier_task
+    d = Path(directory) / MODELS_DIR
+    if not (d / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{directory} holds no saved round models ({d}); give a "
+                                "`gpjax run` directory DIR/<policy>-seed<seed> or a model store")
+    config = json.loads((d / CONFIG_FILE).read_text())
+    ckpt = RoundCheckpointer(d, config=config, max_to_keep=None, async_save=False)
+    try:
+        steps = ckpt.steps()
+        r = steps[-1] if round_index is None and steps else round_index
+        if r not in steps:
+            raise FileNotFoundError(f"{d} has no round {round_index}; it has {steps}")
+        meta = ckpt._read_doc(r)["meta"]
+        exp = config["experiment"]
+        model = make_model(exp["model"], exp["model_kwargs"])
+        x = np.zeros((1, *meta["input_shape"]), np.float32)
+        params, aux = classifier_task(model).init(jax.random.PRNGKey(0), (x, None))
+        m = {"params": params, "masks": gpjax.init_masks(params), "aux": aux}
+        tree, meta = ckpt.restore(r, {"recoverable": m, "nonrecoverable": m})
+    finally:
+        ckpt.close()
+    return {"round": r, "model": model, "recoverable": tree["recoverable"],
+            "nonrecoverable": tree["nonrecoverable"] if meta["has_nonrecoverable"] else None,
+            "row": meta["row"], "input_shape": meta["input_shape"]}
 
 
 def write_rows(rows: list[dict], out_dir: Path, metadata: dict | None = None) -> None:

@@ -231,7 +231,7 @@ class PruneConfig:
         check_range(self, "tolerance", 0)
         check_range(self, "patience", 1)
         check_range(self, "target_params", 0)
-        check_range(self, "max_iterations", 1)
+        check_range(self, "max_iterations", 0)  # 0: no pruning
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"PruneConfig.scope must be 'layer' or 'global', got {self.scope!r}")
 
