@@ -7,6 +7,7 @@ fill; the whole batch is one gather of 2x2 pixel windows (see :func:`affine_augm
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -60,6 +61,7 @@ def _source_coords(inv: jax.Array, shift: jax.Array, h: int, w: int
     return a[:, 0, 0] * yr + a[:, 0, 1] * yc + cr, a[:, 1, 0] * yr + a[:, 1, 1] * yc + cc
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def affine_augment(key: jax.Array, images: jax.Array,
                    cfg: AffineConfig = AffineConfig()) -> jax.Array:
     """Applies an independent random affine distortion to every image of a batch.
