@@ -1,10 +1,11 @@
-"""Atomic output files with the permissions an ordinary ``open(path, "w")`` would give.
+"""Atomic output files with the permissions an ordinary new file gets from the umask.
 
 ``tempfile.mkstemp`` creates its file with mode 0600 whatever the umask; a result file renamed
 from it would be unreadable to the group and others (a shared results directory, a web server
 showing plots). :func:`atomic_write` writes a temporary file beside the target, gives it the
-target's current mode (or, for a new file, ``0666`` less the umask: 0644 under umask 022) and
-renames it over the target, so a reader never sees a half-written file. :func:`save_figure`
+mode a new file gets from the umask (``0666 & ~umask``: 0644 under umask 022; also when it
+replaces a file, so results written 0600 by older versions are repaired on their next write)
+and renames it over the target, so a reader never sees a half-written file. :func:`save_figure`
 does the same for matplotlib figures.
 """
 
@@ -31,13 +32,9 @@ def _umask() -> int:
     return mask
 
 
-def new_file_mode(path: Path) -> int:
-    """Permission bits for (re)writing ``path``: its current ones if it exists, else
-    ``0o666 & ~umask``."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        return 0o666 & ~_umask()
+def new_file_mode() -> int:
+    """Permission bits of a new file under the current umask: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -54,7 +51,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, new_file_mode(path))
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
