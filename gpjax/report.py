@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gpjax import matched
+from gpjax._files import atomic_write_text, pyplot, save_figure
+from gpjax.heatmaps import pixel_connection_counts as pixel_connection_counts  # re-exported
+from gpjax.heatmaps import pixel_connection_heatmap as pixel_connection_heatmap
+from gpjax.heatmaps import pixel_connection_heatmaps as pixel_connection_heatmaps
+from gpjax.paper import paper_table, paper_value
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -98,20 +105,6 @@ def ordered_policies(rows: Iterable[Row]) -> list[str]:
 # ----------------------------------------------------------------------------- I/O
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _plain(v: Any) -> Any:
     """numpy/jax scalars and arrays as plain Python values (for JSON)."""
     if isinstance(v, Mapping):
@@ -166,7 +159,7 @@ def write_rows(rows: Sequence[Row], out_dir: str | os.PathLike, *,
     except (TypeError, ValueError) as e:
         raise TypeError(f"result rows/metadata must be JSON-serialisable: {e}") from e
     json_path, csv_path = out / RESULTS_JSON, out / RESULTS_CSV
-    _atomic_write(json_path, text + "\n")
+    atomic_write_text(json_path, text + "\n")
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=doc["columns"], lineterminator="\n")
@@ -175,7 +168,7 @@ def write_rows(rows: Sequence[Row], out_dir: str | os.PathLike, *,
         w.writerow({k: ("" if r.get(k) is None else
                         json.dumps(r[k]) if isinstance(r.get(k), (list, dict, bool)) else r[k])
                     for k in doc["columns"]})
-    _atomic_write(csv_path, buf.getvalue())
+    atomic_write_text(csv_path, buf.getvalue())
     return json_path, csv_path
 
 
@@ -208,21 +201,29 @@ def _read_one(path: Path) -> list[Row]:
                      f"'rows'; written by gpjax.report.write_rows)")
 
 
-def load_rows(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Row]:
+def load_rows(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
+              on_error: str = "warn") -> list[Row]:
     """Reads rows from result files or directories and concatenates them.
 
     Args:
       paths: ``results.json`` / ``results.csv`` files, or directories: a directory's own
         ``results.json`` if it has one, otherwise every ``results.json`` below it (e.g. one
         output directory per seed or policy).
+      on_error: what an unreadable file does (truncated or invalid JSON, not a results file,
+        rows without policy/seed/round, no permission): ``"warn"`` skips it with one line
+        ``gpjax: skipped <path>: <reason>`` on stderr, so the other runs are still reported;
+        ``"raise"`` raises ``ValueError`` naming the file.
 
     Returns:
-      The rows. Where the same (policy, seed, round) appears twice, the later file wins, with a
-      warning.
+      The rows of every readable file (empty when none was). Where the same (policy, seed,
+      round) appears twice, the later file wins, with a warning.
 
     Raises:
       FileNotFoundError: a path does not exist or a directory holds no results.
+      ValueError: ``on_error="raise"`` and a file cannot be read.
     """
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
@@ -240,8 +241,18 @@ def load_rows(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Ro
             raise FileNotFoundError(f"results path {p} does not exist")
     by_id: dict[tuple, Row] = {}
     for f in files:
-        for r in _read_one(f):
-            _check_rows([r])
+        try:
+            rows = _read_one(f)
+            if not isinstance(rows, list):
+                raise ValueError("expected a list of rows")
+            _check_rows(rows)
+        except (OSError, ValueError, TypeError) as e:  # JSON/Unicode errors are ValueErrors
+            reason = " ".join(str(e).split()) or type(e).__name__
+            if on_error == "raise":
+                raise ValueError(f"cannot read results file {f}: {reason}") from e
+            print(f"gpjax: skipped {f}: {reason}", file=sys.stderr, flush=True)
+            continue
+        for r in rows:
             ident = (str(r["policy"]), r["seed"], r["round"])
             if ident in by_id:
                 warnings.warn(f"duplicate result row policy={ident[0]} seed={ident[1]} "
@@ -375,20 +386,120 @@ def markdown_table(rows: Sequence[Row],
     ns = sorted({s["n"] for s in summary})
     note = ("Cells: mean ± standard error over seeds (n = " + ", ".join(map(str, ns)) + ")."
             if max_n > 1 else "Cells: single run (one seed).")
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    text = "\n".join(lines) + "\n\n" + note + "\n"
+    section = matched_size_tables(rows, policies=pols)
+    return text + ("\n" + section if section else "")
+
+
+def _matched_cell(summary: Mapping[tuple, Row], counts: Mapping[tuple, dict],
+                  key: tuple, metric: str) -> str:
+    """"mean ± s.e." of a derived metric, with "(k/n)" when only k of n seeds have a value."""
+    s = summary.get(key)
+    if s is None:
+        return "—"
+    k, n = counts[key][metric]
+    text = _fmt(s[f"{metric}_mean"], s[f"{metric}_se"], k, "test_error")
+    return text if k == n or k == 0 else f"{text} ({k}/{n})"
+
+
+def _summary_index(derived: Sequence[Row], metrics: Sequence[str]
+                   ) -> tuple[dict[tuple, Row], dict[tuple, dict[str, tuple[int, int]]]]:
+    summary = {(s["policy"], s["round"]): s for s in summarise(derived, metrics=metrics)}
+    counts: dict[tuple, dict[str, tuple[int, int]]] = {}
+    for r in derived:
+        c = counts.setdefault((r["policy"], r["round"]), {})
+        for m in metrics:
+            k, n = c.get(m, (0, 0))
+            c[m] = (k + (r.get(m) is not None), n + 1)
+    return summary, counts
+
+
+def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None = None,
+                        metric: str = "test_error") -> str:
+    """Markdown: each policy's error at matched sizes, per round (rows with ``prune_curve``).
+
+    Two tables (:mod:`gpjax.matched` has the read-off rule: the largest model of the round's
+    recoverable-pruning curve at or under the size, never interpolated or extrapolated):
+
+    * at the paper's size of the round (its "Ours" parameter count, :mod:`gpjax.paper`, for
+      configs with a paper table), beside the paper's own errors of each policy present;
+    * per pair Ours (GrowPrune) vs each baseline, at the larger of the two final sizes (per
+      seed; the smallest size both curves reach).
+
+    Args:
+      rows: result rows; those without ``prune_curve`` (older results) are left out.
+      policies: column order (default: all present, paper order).
+      metric: the curve's error key (``"test_error"`` or ``"val_error"``).
+
+    Returns:
+      The Markdown section, or ``""`` when no row has a curve.
+    """
+    at_paper = matched.paper_size_rows(rows, metric)
+    if not at_paper:
+        return ""
+    pols = list(policies) if policies is not None else ordered_policies(rows)
+    pols = [p for p in pols if any(r["policy"] == p for r in at_paper)]
+    label = "test error" if metric == "test_error" else "validation error"
+    out = ["## Matched sizes", "",
+           f"{label.capitalize()} (%) read off each round's recoverable-pruning curve at a "
+           "common size: the largest model on the curve at or under the size (a model that "
+           "fits the budget; never interpolated, and \"—\" where no model of the curve is that "
+           "small). Mean ± s.e. over seeds; \"(k/n)\" when only k of n seeds reach the size.",
+           ""]
+    fractions = {}
+    for r in rows:
+        fractions.setdefault(r["round"], []).append(r.get("data_fraction"))
+    sized = [r for r in at_paper if r["paper_size"] is not None]
+    if sized:
+        table = next(paper_table(r.get("config")) for r in rows
+                     if matched.prune_curve(r) is not None and paper_table(r.get("config")))
+        summary, counts = _summary_index(at_paper, ["error_at_paper_size"])
+        paper_pols = [p for p in pols if policy_key(p) in table.error]
+        header = (["round", "data", "paper size (K)"]
+                  + [f"paper {policy_label(p)}" for p in paper_pols]
+                  + [policy_label(p) for p in pols])
+        out += [f"### At the paper's size ({table.figure}, {table.title}: its \"Ours\" "
+                f"parameter count of the round; paper errors: {table.error_metric} at each "
+                f"policy's own size)", "",
+                "| " + " | ".join(header) + " |",
+                "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+        for rnd in sorted({r["round"] for r in at_paper}):
+            size = next((r["paper_size"] for r in at_paper
+                         if r["round"] == rnd and r["paper_size"] is not None), None)
+            frac = next((r["data_fraction"] for r in at_paper if r["round"] == rnd), None)
+            line = [str(rnd), _data_label(fractions.get(rnd, [])),
+                    "—" if size is None else f"{size / 1e3:.1f}"]
+            for p in paper_pols:
+                v = paper_value(table, "error", policy_key(p), frac)
+                line.append("—" if v is None else f"{v:.2f}")
+            for p in pols:
+                line.append(_matched_cell(summary, counts, (p, rnd), "error_at_paper_size"))
+            out.append("| " + " | ".join(line) + " |")
+        out.append("")
+    reference = next((p for p in pols if policy_key(p) == "growprune"), None)
+    pairs = matched.pair_rows(rows, reference, metric) if reference is not None else []
+    if pairs:
+        metrics = ["budget", "error", "error_reference"]
+        summary, counts = _summary_index(pairs, metrics)
+        ref = policy_label(reference)
+        out += [f"### {ref} vs each baseline at the larger of their two final sizes", "",
+                "Per seed run by both, the budget is the larger final size: the policy that "
+                "ended smaller is read off its curve there, the other is its final model (the "
+                "smaller final size lies beyond the larger model's curve).", "",
+                f"| round | data | baseline | size (K) | baseline | {ref} | seeds |",
+                "|---|---|---|---:|---:|---:|---:|"]
+        for (p, rnd) in sorted(summary, key=lambda k: (k[1], _policy_sort(k[0]))):
+            s = summary[(p, rnd)]
+            size = _fmt(s["budget_mean"], s["budget_se"], s["n"], "params_recoverable")
+            cells = [_matched_cell(summary, counts, (p, rnd), m)
+                     for m in ("error", "error_reference")]
+            out.append(f"| {rnd} | {_data_label(fractions.get(rnd, []))} | {policy_label(p)} | "
+                       f"{size} | {cells[0]} | {cells[1]} | {s['n']} |")
+        out.append("")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _series(summary: Sequence[Row], policy: str, metric: str):
@@ -408,16 +519,18 @@ def build_figures(rows: Sequence[Row]) -> dict[str, Any]:
       rows: result rows; error bars are the standard error over seeds (none for one seed).
 
     Returns:
-      ``{"error": fig, "params": fig, "cost": fig}``. Each series is an error-bar container in
-      ``ax.containers`` labelled with the policy's display name (" non-recoverable" appended for
-      the dashed ultra-compact sizes); its data line ``container.lines[0]`` holds the per-round
-      means: error in percent, parameters in K, cost in normalised epochs (cost figure: per
-      round on the left axes, cumulative on the right). Close them with
+      ``{"error": fig, "params": fig, "cost": fig}``, plus ``"curve"``
+      (:func:`curve_figure`) when rows have ``prune_curve``. Each series is an error-bar
+      container in ``ax.containers`` labelled with the policy's display name
+      (" non-recoverable" appended for the dashed ultra-compact sizes); its data line
+      ``container.lines[0]`` holds the per-round means: error in percent, parameters in K,
+      cost in normalised epochs (cost figure: per round on the left axes, cumulative on the
+      right). Close them with
       ``matplotlib.pyplot.close(fig)``.
     """
     if not rows:
         raise ValueError("build_figures needs at least one result row")
-    plt = _pyplot()
+    plt = pyplot()
     summary = summarise(rows)
     pols = ordered_policies(rows)
     colors = {p: f"C{i}" for i, p in enumerate(pols)}
@@ -470,11 +583,63 @@ def build_figures(rows: Sequence[Row]) -> dict[str, Any]:
     ax1.legend(fontsize="small")
     fig.tight_layout()
     figs["cost"] = fig
+    curve = curve_figure(rows)
+    if curve is not None:
+        figs["curve"] = curve
     return figs
 
 
+def curve_figure(rows: Sequence[Row], metric: str = "test_error") -> Any | None:
+    """Error versus active parameters along the last round's recoverable-pruning curves.
+
+    One line per policy and seed (log x; the policy's display name labels its first seed's
+    line), the final model of each drawn larger; the paper's "Ours" model of that round as a
+    black star where the config has a paper table (:mod:`gpjax.paper`).
+
+    Args:
+      rows: result rows; only those of the last round with a ``prune_curve`` are drawn.
+      metric: the curve's error key.
+
+    Returns:
+      The figure, or None when no row has a curve. ``ax.lines`` are the curves (x: active
+      parameters, y: error in percent) in policy then seed order.
+    """
+    with_curve = [r for r in rows if matched.prune_curve(r) is not None]
+    if not with_curve:
+        return None
+    plt = pyplot()
+    last = max(r["round"] for r in with_curve)
+    drawn = sorted((r for r in with_curve if r["round"] == last),
+                   key=lambda r: (_policy_sort(r["policy"]), str(r["seed"])))
+    colors = {p: f"C{i}" for i, p in enumerate(ordered_policies(rows))}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labelled = set()
+    for r in drawn:
+        curve = matched.prune_curve(r)
+        x = [p["active"] for p in curve]
+        y = [np.nan if p.get(metric) is None else p[metric] for p in curve]
+        label = None if r["policy"] in labelled else policy_label(r["policy"])
+        labelled.add(r["policy"])
+        ax.plot(x, y, "-o", ms=3, lw=1, color=colors[r["policy"]], label=label)
+        ax.plot(x[-1:], y[-1:], "o", ms=7, color=colors[r["policy"]])
+    table = None if drawn[0].get("classes") else paper_table(drawn[0].get("config"))
+    if table is not None:
+        frac = drawn[0].get("data_fraction")
+        size, err = (paper_value(table, w, "growprune", frac) for w in ("params", "error"))
+        if size is not None and err is not None:
+            ax.plot([size], [err], "k*", ms=12, label=f"paper Ours ({table.figure})")
+    ax.set_xscale("log")
+    ax.set_xlabel("active parameters (log scale)")
+    ax.set_ylabel(("test" if metric == "test_error" else "validation") + " error (%)")
+    ax.set_title(f"Recoverable pruning, round {last}: error versus size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def plot_rows(rows: Sequence[Row], out_dir: str | os.PathLike, *, dpi: int = 120) -> list[Path]:
-    """Writes ``error_vs_round.png``, ``params_vs_round.png``, ``cost_vs_round.png``.
+    """Writes ``error_vs_round.png``, ``params_vs_round.png``, ``cost_vs_round.png`` and, for
+    rows with ``prune_curve``, ``error_vs_params_last_round.png`` (:func:`curve_figure`).
 
     Args:
       rows: result rows (any number of seeds).
@@ -484,139 +649,14 @@ def plot_rows(rows: Sequence[Row], out_dir: str | os.PathLike, *, dpi: int = 120
     Returns:
       The PNG paths.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in build_figures(rows).items():
-        path = out / f"{name}_vs_round.png"
-        _save_fig(fig, path, dpi)
+        path = out / ("error_vs_params_last_round.png" if name == "curve"
+                      else f"{name}_vs_round.png")
+        save_figure(fig, path, dpi)
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def _save_fig(fig: Any, path: Path, dpi: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-# ----------------------------------------------------------------------------- FIG. 5
-
-
-def pixel_connection_counts(first_kernel_mask: Any,
-                            shape: tuple[int, int] | None = (28, 28)) -> np.ndarray:
-    """Per-input-pixel number of active connections into the first hidden layer.
-
-    Args:
-      first_kernel_mask: the first layer's mask (or kernel: nonzero counts as active), shape
-        ``[prod(shape), H]`` (Flax ``Dense`` layout ``[in, out]``).
-      shape: the image shape the inputs unflatten to; None: square (``sqrt(in)`` per side).
-
-    Returns:
-      An int array of ``shape``: ``mask.sum(axis=1)`` reshaped.
-    """
-    m = np.asarray(first_kernel_mask)
-    if shape is None:
-        side = math.isqrt(m.shape[0]) if m.ndim == 2 else 0
-        if m.ndim != 2 or side * side != m.shape[0]:
-            raise ValueError(f"cannot infer a square image shape from a first-layer mask of "
-                             f"shape {m.shape}; pass shape=(height, width)")
-        shape = (side, side)
-    n_in = int(np.prod(shape))
-    if m.ndim != 2 or m.shape[0] != n_in:
-        hint = (" (it looks transposed: pass mask.T)" if m.ndim == 2 and m.shape[1] == n_in
-                else "")
-        raise ValueError(f"first_kernel_mask must have shape [{n_in}, H] for {shape} images, got "
-                         f"{m.shape}{hint}; pass masks['params']['Dense_0']['kernel'] of the "
-                         f"first layer")
-    return (m != 0).sum(axis=1).astype(np.int64).reshape(shape)
-
-
-def pixel_connection_heatmap(first_kernel_mask: Any, out_path: str | os.PathLike, *,
-                             title: str | None = None,
-                             shape: tuple[int, int] | None = (28, 28),
-                             dpi: int = 120) -> np.ndarray:
-    """Draws FIG. 5: active connections from each input pixel to the first hidden layer.
-
-    Args:
-      first_kernel_mask: first-layer mask ``[prod(shape), H]`` (bool, or a kernel: nonzero =
-        active).
-      out_path: the PNG to write.
-      title: figure title.
-      shape: image shape.
-      dpi: resolution.
-
-    Returns:
-      The counts drawn (``shape``, int).
-    """
-    return pixel_connection_heatmaps([first_kernel_mask], out_path,
-                                     titles=[title] if title else None, shape=shape, dpi=dpi)[0]
-
-
-def pixel_connection_heatmaps(masks: Sequence[Any] | Mapping[str, Any],
-                              out_path: str | os.PathLike, *,
-                              titles: Sequence[str] | None = None,
-                              shape: tuple[int, int] | None = (28, 28),
-                              ncols: int | None = None,
-                              shared_scale: bool = True, suptitle: str | None = None,
-                              dpi: int = 120) -> np.ndarray:
-    """FIG. 5 for several rounds: one heatmap panel per first-layer mask.
-
-    Args:
-      masks: first-layer masks in round order, or a mapping panel title -> mask (e.g.
-        ``{"round 1: {1,2}": m1, "round 2: +{0}": m2}``).
-      out_path: the PNG to write.
-      titles: panel titles (default: the mapping's keys, or "round i").
-      shape: image shape.
-      ncols: panels per row (default: all in one row, up to 5).
-      shared_scale: one colour scale for all panels (comparable counts) or one per panel.
-      suptitle: overall title.
-      dpi: resolution.
-
-    Returns:
-      The counts, ``[len(masks), *shape]``.
-    """
-    plt = _pyplot()
-    if isinstance(masks, Mapping):
-        titles = list(titles) if titles is not None else [str(k) for k in masks]
-        masks = list(masks.values())
-    masks = list(masks)
-    if not masks:
-        raise ValueError("pixel_connection_heatmaps needs at least one mask")
-    if titles is None:
-        titles = [f"round {i + 1}" for i in range(len(masks))] if len(masks) > 1 else [None]
-    counts = np.stack([pixel_connection_counts(m, shape) for m in masks])
-    n = len(masks)
-    ncols = ncols or min(n, 5)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols + 0.6, 2.8 * nrows + 0.4),
-                             squeeze=False, layout="constrained")
-    vmax = max(int(counts.max()), 1)
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
-        im = ax.imshow(counts[i], cmap="viridis", vmin=0,
-                       vmax=vmax if shared_scale else max(int(counts[i].max()), 1))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if titles[i]:
-            ax.set_title(titles[i], fontsize="medium")
-        if not shared_scale:
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="connections")
-    if shared_scale:
-        fig.colorbar(im, ax=list(axes.flat), fraction=0.046, pad=0.04, label="connections")
-    if suptitle:
-        fig.suptitle(suptitle)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _save_fig(fig, out, dpi)
-    plt.close(fig)
-    return counts

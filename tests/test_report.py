@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import stat
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from conftest import PROPERTY
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gpjax import report
+from gpjax import cli, matched, paper, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +121,7 @@ def test_write_and_load_round_trip(tmp_path, rows):
                     "flag": True, "per_layer": [1, 2], "nested": {"a": 1}}]
     jp, cp = report.write_rows(rows, tmp_path / "out", metadata={"config": "tiny", "seeds": [0]})
     assert jp.name == "results.json" and cp.name == "results.csv"
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp" in p.name]
     doc = json.loads(jp.read_text())
     assert doc["format"] == "gpjax-results" and doc["metadata"]["config"] == "tiny"
     assert doc["columns"][:12] == list(report.COLUMNS)
@@ -216,3 +222,239 @@ def test_empty_inputs_fail_clearly(tmp_path):
         report.markdown_table([])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.load_rows([Path(tmp_path) / "missing.json"])
+
+
+# ----------------------------------------------------------------------------- matched sizes
+
+
+def _curve(sizes, errors):
+    return [{"active": int(a), "val_error": e + 0.1, "test_error": e} for a, e in
+            zip(sizes, errors)]
+
+
+@st.composite
+def _monotone_curves(draw):
+    """A pruning curve: sizes falling, errors rising (as pruning removes connections)."""
+    n = draw(st.integers(1, 8))
+    steps = draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n))
+    sizes = np.cumsum(steps[::-1])[::-1] + 100          # strictly decreasing, >= 101
+    rises = draw(st.lists(st.floats(0.0, 0.5), min_size=n, max_size=n))
+    errors = 1.0 + np.cumsum(rises)                      # non-decreasing
+    size = draw(st.integers(0, int(sizes[0]) + 2000))
+    return _curve(sizes, errors), size
+
+
+@PROPERTY
+@given(_monotone_curves())
+def test_error_at_size_reads_the_largest_model_within_budget(case):
+    curve, size = case
+    sizes = np.array([p["active"] for p in curve])
+    errors = np.array([p["test_error"] for p in curve])
+    got = matched.error_at_size(curve, size)
+    fits = np.flatnonzero(sizes <= size)
+    if not len(fits):
+        assert got is None  # beyond the curve: missing, not extrapolated
+        return
+    i = fits[np.argmax(sizes[fits])]
+    assert got == errors[i]
+    # On a monotone curve the read-off lies between the errors of the neighbouring points
+    # around the budget (inclusive), and is never below the error of any larger model.
+    above = np.flatnonzero(sizes > size)
+    lo = errors[above[-1]] if len(above) else errors[0]
+    assert lo <= got <= errors[fits[0]]
+    assert (errors[sizes > size] <= got).all()
+
+
+def test_error_at_size_edges():
+    curve = _curve([1000, 800, 800, 500], [1.0, 1.2, 1.3, 1.6])
+    assert matched.error_at_size(curve, 800) == 1.3       # equal sizes: the later point
+    assert matched.error_at_size(curve, 5000) == 1.0      # above the start: the unpruned model
+    assert matched.error_at_size(curve, 499) is None
+    assert matched.error_at_size(curve, None) is None
+    assert matched.error_at_size(curve, 900, metric="val_error") == pytest.approx(1.4)
+    with pytest.raises(ValueError, match="prune_curve.*policy=tfs seed=0 round=1"):
+        matched.prune_curve({"policy": "tfs", "seed": 0, "round": 1, "prune_curve": [{"x": 1}]})
+
+
+def _curve_rows():
+    """LeNet-300-100 config, rounds 0-1 (10%, 20%), growprune and tfs with two seeds each.
+
+    Paper "Ours" sizes: 13.9K at 10%, 17.6K at 20%."""
+    out = []
+    spec = {  # (policy, round, seed): (sizes, errors)
+        ("growprune", 0, 0): ([60000, 30000, 15000, 13000], [2.0, 2.1, 2.2, 2.4]),
+        ("growprune", 0, 1): ([60000, 14000, 12000], [2.0, 2.3, 2.5]),
+        ("tfs", 0, 0): ([266000, 40000, 20000], [1.9, 2.0, 2.1]),       # ends above 13.9K
+        ("tfs", 0, 1): ([266000, 30000, 13600], [1.9, 2.05, 2.36]),
+        ("growprune", 1, 0): ([40000, 17000, 16000], [1.6, 1.7, 1.8]),
+        ("growprune", 1, 1): ([40000, 18000, 17500], [1.6, 1.75, 1.9]),
+        ("tfs", 1, 0): ([266000, 25000, 17000], [1.5, 1.6, 1.9]),
+        ("tfs", 1, 1): ([266000, 21000, 16500], [1.5, 1.62, 1.96]),
+    }
+    for (pol, rnd, seed), (sizes, errors) in spec.items():
+        out.append({**_row(pol, seed, rnd, errors[-1], sizes[-1], 100.0),
+                    "data_fraction": 0.1 * (rnd + 1), "config": "lenet300_mnist",
+                    "classes": None, "prune_curve": _curve(sizes, errors)})
+    return out
+
+
+def test_matched_size_numbers():
+    rows = _curve_rows()
+    at = {(r["policy"], r["round"], r["seed"]): r for r in matched.paper_size_rows(rows)}
+    assert at[("growprune", 0, 0)]["paper_size"] == 13_900
+    assert at[("growprune", 0, 0)]["error_at_paper_size"] == 2.4   # 13.0K is the one that fits
+    assert at[("growprune", 0, 1)]["error_at_paper_size"] == 2.5   # 14.0K > 13.9K: next one
+    assert at[("tfs", 0, 0)]["error_at_paper_size"] is None        # never pruned that far
+    assert at[("tfs", 0, 1)]["error_at_paper_size"] == 2.36
+    assert at[("tfs", 1, 1)]["paper_size"] == 17_600
+    assert at[("tfs", 1, 1)]["error_at_paper_size"] == 1.96
+    # Pairs: per seed at the larger final size.
+    pairs = {(r["policy"], r["round"], r["seed"]): r for r in
+             matched.pair_rows(rows, "growprune")}
+    assert set(pairs) == {("tfs", 0, 0), ("tfs", 0, 1), ("tfs", 1, 0), ("tfs", 1, 1)}
+    p = pairs[("tfs", 0, 0)]  # finals 13.0K (ours) and 20.0K (tfs): budget 20K
+    assert (p["budget"], p["error"], p["error_reference"]) == (20000, 2.1, 2.2)
+    p = pairs[("tfs", 1, 1)]  # finals 17.5K and 16.5K: budget 17.5K
+    assert (p["budget"], p["error"], p["error_reference"]) == (17500, 1.96, 1.9)
+    # Class-incremental rounds and configs without a paper table get no paper size.
+    other = [{**r, "config": "resnet18_mnist"} for r in rows[:1]] + \
+            [{**r, "classes": [1, 2]} for r in rows[1:2]]
+    assert [r["paper_size"] for r in matched.paper_size_rows(other)] == [None, None]
+
+
+def _table_lines(text, heading):
+    """The cells of the first Markdown table after ``heading``."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| round"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    return table
+
+
+def test_matched_size_markdown_section():
+    rows = _curve_rows()
+    text = report.markdown_table(rows)
+    assert "## Matched sizes" in text and "at or under" in text
+    lines = _table_lines(text, "### At the paper's size")
+    assert lines[0] == ["round", "data", "paper size (K)", "paper TFS", "paper Ours (GrowPrune)",
+                        "TFS", "Ours (GrowPrune)"]
+    r0, r1 = lines[2], lines[3]
+    assert r0[:5] == ["0", "10%", "13.9", "2.27", "2.19"]
+    assert r0[5] == "2.36 (1/2)"                       # one tfs seed never got that small
+    assert r0[6] == "2.45 ± 0.05"                      # mean of 2.4, 2.5; s.e. 0.05
+    assert r1[:5] == ["1", "20%", "17.6", "1.80", "1.70"]
+    assert r1[5] == "1.93 ± 0.03" and r1[6] == "1.80 ± 0.10"
+    pair = _table_lines(text, "### Ours (GrowPrune) vs each baseline")
+    assert pair[0] == ["round", "data", "baseline", "size (K)", "baseline", "Ours (GrowPrune)",
+                       "seeds"]
+    # round 0: budgets 20.0K and 13.6K -> 16.8 ± 3.2 K; tfs 2.1, 2.36; ours 2.2, 2.5
+    assert pair[2] == ["0", "10%", "TFS", "16.8 ± 3.2", "2.23 ± 0.13", "2.35 ± 0.15", "2"]
+    # Older rows (no curve) report exactly as before.
+    old = [{k: v for k, v in r.items() if k != "prune_curve"} for r in rows]
+    plain = report.markdown_table(old)
+    assert "Matched sizes" not in plain and text.startswith(plain.rstrip("\n"))
+    assert "curve" not in report.build_figures(old)
+    plt.close("all")
+
+
+def test_curve_plot(tmp_path):
+    rows = _curve_rows()
+    fig = report.curve_figure(rows)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    curves = [ln for ln in ax.lines if len(ln.get_xdata()) > 1]
+    # last round (1): tfs seeds 0, 1 then growprune seeds 0, 1 (paper order)
+    np.testing.assert_array_equal(curves[0].get_xdata(), [266000, 25000, 17000])
+    np.testing.assert_array_equal(curves[3].get_ydata(), [1.6, 1.75, 1.9])
+    star = [ln for ln in ax.lines if ln.get_label().startswith("paper Ours")]
+    assert star and star[0].get_xdata()[0] == 17_600 and star[0].get_ydata()[0] == 1.70
+    plt.close(fig)
+    paths = report.plot_rows(rows, tmp_path)
+    assert paths[-1].name == "error_vs_params_last_round.png"
+    assert paths[-1].read_bytes()[:8] == PNG_MAGIC
+    plt.close("all")
+
+
+def test_paper_tables_hold_the_figures_numbers():
+    f10, f11 = paper.paper_table("lenet300_mnist"), paper.paper_table("lenet5_mnist_tiny")
+    assert f10.figure == "FIG. 10" and f11.figure == "FIG. 11"
+    assert paper.paper_table("resnet18_mnist") is None and paper.paper_table(None) is None
+    assert [None if v is None else v / 1e3 for v in f10.params["growprune"]] == \
+        [13.9, 17.6, 17.0, 13.8, 17.0, 26.5, 21.5, None, 20.8, 21.7]
+    assert f10.error["growprune"] == (2.19, 1.70, 1.60, 1.55, None, 1.39, 1.35, 1.36, 1.33, 1.33)
+    assert f10.error["tfs"] == (2.27, 1.80, 1.66, 1.63, 1.58, 1.43, 1.41, None, None, 1.40)
+    assert [None if v is None else v / 1e3 for v in f10.params["tfs"]] == \
+        [19.4, 22.7, 23.9, 20.5, 26.5, 27.8, 25.1, 29.3, 27.8, 31.3]
+    assert [v / 1e3 for v in f11.params["growprune"]] == \
+        [4.9, 5.5, 6.2, 5.9, 6.0, 7.5, 6.3, 7.7, 7.9, 6.7]
+    assert f11.error["growprune"] == (1.45, 1.23, 0.97, 0.92, 0.93, 0.90, 0.87, 0.87, 0.87, 0.83)
+    assert f11.error["tfs"] == (1.62, 1.28, 1.01, 0.97, 0.95, 0.93, 0.90, 0.90, 0.88, 0.88)
+    assert [None if v is None else v / 1e3 for v in f11.params["tfs"]] == \
+        [5.3, 5.0, 6.5, 6.5, 7.2, None, 8.0, 9.6, 10.9, 10.3]
+    assert paper.paper_value(f10, "params", "growprune", 0.8) is None
+    assert paper.paper_value(f10, "epochs", "growprune", 100) == 49  # percent accepted too
+    assert paper.paper_value(f10, "error", "growprune", 1 / 3) is None
+    with pytest.raises(ValueError, match="'error', 'params' or 'epochs'"):
+        paper.paper_value(f10, "size", "growprune", 0.1)
+
+
+def test_method_doc_tables_match_the_data_module():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    assert paper.markdown_tables() in doc
+    assert "shared/spec" not in doc and "SPEC.md" not in doc
+
+
+# ----------------------------------------------------------------------------- safe files
+
+
+def test_unreadable_results_file_is_named_and_skipped(tmp_path, capsys, rows):
+    report.write_rows(rows[:3], tmp_path / "runs" / "good")
+    bad = tmp_path / "runs" / "bad" / "results.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"format": "gpjax-results", "rows": [')   # a run killed mid-write
+    odd = tmp_path / "runs" / "odd" / "results.json"
+    odd.parent.mkdir(parents=True)
+    odd.write_text('{"rows": [{"policy": "tfs"}]}')             # rows without seed/round
+    got = report.load_rows([tmp_path / "runs"])
+    assert got == rows[:3]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(f"gpjax: skipped {bad}: ") and "Expecting value" in err[0]
+    assert err[1].startswith(f"gpjax: skipped {odd}: ") and "lacks" in err[1]
+    with pytest.raises(ValueError, match=re.escape(f"cannot read results file {bad}")):
+        report.load_rows([bad], on_error="raise")
+    assert report.load_rows([bad, odd]) == []
+    capsys.readouterr()
+    # The command reports what it can read (exit 0) and fails only when nothing could be read.
+    assert cli.main(["report", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr()
+    assert "| round |" in out.out and f"skipped {bad}" in out.err
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "results.json").write_text("not json")
+    assert cli.main(["report", str(only_bad)]) == 1
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_result_files_and_plots_get_the_umask_mode(tmp_path, rows):
+    old = os.umask(0o022)
+    try:
+        jp, cp = report.write_rows(rows, tmp_path / "out")
+        png = tmp_path / "out" / "heat.png"  # every PNG goes through the same save_figure
+        report.pixel_connection_heatmap(np.ones((4, 3)), png, shape=(2, 2), dpi=20)
+        for p in (jp, cp, png):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+        os.umask(0o077)
+        report.write_rows(rows, tmp_path / "private")
+        assert stat.S_IMODE((tmp_path / "private" / "results.json").stat().st_mode) == 0o600
+        # A file left at 0600 (by an older version) gets the umask's mode on its next write.
+        os.umask(0o022)
+        os.chmod(jp, 0o600)
+        report.write_rows(rows, tmp_path / "out")
+        assert stat.S_IMODE(jp.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+        plt.close("all")
