@@ -4,6 +4,7 @@ eSpeak NG synthetic corpus (determinism, cache, non-triviality, missing-wheel er
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from gpjax.data import speech
-from gpjax.data.mnist import DataUnavailableError
+from gpjax.data.cache import DataUnavailableError
 from gpjax.data.speech import (
     BLANK_ID,
     VOCAB,
@@ -33,6 +34,7 @@ from gpjax.data.speech import (
     read_raw_pcm,
     read_sphere,
     resample,
+    synthetic,
 )
 
 # ============================================================================ vocabulary
@@ -387,8 +389,8 @@ def test_every_voice_loads():
     _needs_espeak()
     jobs = [{"text": "GO", "voice": f"{a}+{v}" if v else a, "rate": 175, "pitch": 50, "range": 50,
                  "wordgap": 0, "seed": 1}
-            for a, v in [(a, "") for a in speech._ACCENTS]
-            + [("en-us", v) for v in speech._VARIANTS]]
+            for a, v in [(a, "") for a in speech.ACCENTS]
+            + [("en-us", v) for v in speech.VARIANTS]]
     audio = speech.espeak_synthesize(jobs)
     assert all(a.size > 1000 for a in audio)
 
@@ -405,7 +407,7 @@ def test_synthetic_corpus_determinism_and_cache(tmp_path, monkeypatch):
     def no_synthesis(*args, **kwargs):
         raise AssertionError("the second call must read the cache")
 
-    monkeypatch.setattr(speech, "espeak_synthesize", no_synthesis)
+    monkeypatch.setattr(synthetic, "espeak_synthesize", no_synthesis)
     b = load_synthetic_an4(seed=0, **kw)
     assert "cached" in b.source
     for sa, sb in zip(a[:3], b[:3], strict=True):
@@ -431,7 +433,7 @@ def test_synthetic_corpus_is_not_trivial(tmp_path):
     for u in utts:
         lead = u[:800].astype(np.float64)  # the first 50 ms are padding: only noise there
         assert lead.std() > 0.5 and np.abs(lead).max() < np.abs(u).max() / 2
-    plans = [speech._plan(3, "train", i, (10.0, 30.0)) for i in range(6)]
+    plans = [synthetic._plan(3, "train", i, (10.0, 30.0)) for i in range(6)]
     assert len({p.job["voice"] for p in plans}) > 1 and len({p.job["rate"] for p in plans}) > 1
     assert len({round(p.post["snr_db"]) for p in plans}) > 1
     f = data.train.features
@@ -462,9 +464,9 @@ def test_cached_corpus_loads_without_espeak(tmp_path, monkeypatch):
     kw = {"n_train": 2, "n_test": 1, "n_validation": 1, "seed": 4, "cache_dir": tmp_path}
     a = load_synthetic_an4(**kw)
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)
-    monkeypatch.setattr(speech.importlib.metadata, "version",
+    monkeypatch.setattr(importlib.metadata, "version",
                         lambda name: (_ for _ in ()).throw(
-                            speech.importlib.metadata.PackageNotFoundError(name)))
+                            importlib.metadata.PackageNotFoundError(name)))
     b = load_synthetic_an4(**kw)
     assert "cached" in b.source
     np.testing.assert_array_equal(a.test.features, b.test.features)
