@@ -137,3 +137,82 @@ def thresholds(
         ts.append(kth_smallest_abs([x], percentile_rank(percentile, n, upper=upper), [v]))
         ns.append(n)
     return ts, ns
+
+
+def _abs32(x: jax.Array) -> jax.Array:
+    """|x| as float32, exactly the values :func:`kth_smallest_abs` ranks."""
+    return jnp.abs(x).astype(jnp.float32)
+
+
+def _break_ties(tie: list[jax.Array], take: jax.Array, *, upper: bool) -> list[jax.Array]:
+    """The first (``upper=False``) or last (``upper=True``) ``take`` True entries of ``tie``, in
+    the order of the arrays and, inside each, their flat (row-major) index."""
+    counts = [jnp.sum(t, dtype=jnp.int32) for t in tie]
+    total = sum(counts)
+    out, offset = [], jnp.int32(0)
+    for t, c in zip(tie, counts):
+        rank = jnp.cumsum(t.reshape(-1), dtype=jnp.int32).reshape(t.shape) + offset  # 1-based
+        out.append(t & ((rank > total - take) if upper else (rank <= take)))
+        offset = offset + c
+    return out
+
+
+def select(
+    values: Sequence[jax.Array],
+    valid: Sequence[jax.Array],
+    percentile: jax.Array,
+    *,
+    scope: str,
+    upper: bool,
+) -> list[jax.Array]:
+    """The entries in numpy's percentile set of ``|values|``, exactly that many even with ties.
+
+    Ranks the valid entries by ``(|x|, position)`` (``position``: the array's index, then the
+    flat row-major index inside it), i.e. a stable ascending sort, and with
+    ``q = percentile / 100 * (n - 1)`` returns
+
+    * ``upper=False`` (pruning): the ``floor(q) + 1`` lowest ranks, i.e. ``{|x| <= P}`` when no
+      two magnitudes tie at the threshold; tied entries with the lowest positions go first;
+    * ``upper=True`` (growth): the ``n - ceil(q)`` highest ranks, i.e. ``{|x| >= P}`` without
+      ties; tied entries with the highest positions go first.
+
+    Without a tie at the threshold this costs one comparison and one sum more than
+    :func:`thresholds`; the tie-breaking cumulative sums run (``lax.cond``) only when there is
+    one.
+
+    Args:
+      values: arrays whose magnitudes are ranked.
+      valid: boolean arrays like ``values``: which entries are ranked.
+      percentile: may be traced. Traced values are clamped to [0, 100] and NaN selects nothing
+        (concrete ones are checked by the callers).
+      scope: "layer" (a percentile per array) or "global" (one over all arrays together).
+      upper: see above.
+
+    Returns:
+      One boolean array per input array (``False`` outside ``valid``).
+    """
+    p = jnp.asarray(percentile, jnp.float32)
+    ok = ~jnp.isnan(p)
+    p = jnp.clip(jnp.where(ok, p, 0.0), 0.0, 100.0)
+    groups = [list(range(len(values)))] if scope == "global" else [[i] for i in range(len(values))]
+    out: list[jax.Array] = [None] * len(values)  # type: ignore[list-item]
+    for g in groups:
+        xs, vs = [values[i] for i in g], [valid[i] for i in g]
+        mags = [_abs32(x) for x in xs]
+        n = sum(jnp.sum(v, dtype=jnp.int32) for v in vs)
+        k = percentile_rank(p, n, upper=upper)
+        t = kth_smallest_abs(xs, k, vs)
+        want = (n - k) if upper else jnp.minimum(k + 1, n)
+        near = [v & ((a >= t) if upper else (a <= t)) for a, v in zip(mags, vs)]
+        excess = sum(jnp.sum(s, dtype=jnp.int32) for s in near) > want
+
+        def untie(near, mags=mags, vs=vs, t=t, want=want):
+            strict = [v & ((a > t) if upper else (a < t)) for a, v in zip(mags, vs)]
+            tie = [s & ~st for s, st in zip(near, strict)]
+            take = want - sum(jnp.sum(st, dtype=jnp.int32) for st in strict)
+            return [st | c for st, c in zip(strict, _break_ties(tie, take, upper=upper))]
+
+        chosen = jax.lax.cond(excess, untie, lambda near: list(near), near)
+        for i, c in zip(g, chosen):
+            out[i] = c & ok
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from fractions import Fraction
 
 import chex
 import jax
@@ -43,17 +44,27 @@ def _named(tree, masks):
 
 
 def _ref_prune_sets(params, masks, p, scope):
-    """Numpy reference: active & |w| <= percentile(|W_active|, p) (per tensor or global)."""
+    """Numpy reference: the floor(q) + 1 smallest active |w| (q = p / 100 (n - 1)) per tensor
+    or over all, ties taken in order of position (a stable argsort). Without ties that is
+    numpy's ``active & |w| <= percentile(|W_active|, p)``, which is asserted on the way."""
     leaves = {k: (np.asarray(m), np.abs(np.asarray(w, np.float32)).astype(np.float64))
               for k, (m, w) in _named(params, masks).items()}
-    if scope == "global":
-        act = np.concatenate([a[m] for m, a in leaves.values()])
-        t = np.percentile(act, p) if act.size else None
-        ts = {k: t for k in leaves}
-    else:
-        ts = {k: np.percentile(a[m], p) if m.any() else None for k, (m, a) in leaves.items()}
-    return {k: (m & (a <= ts[k]) if ts[k] is not None else np.zeros_like(m))
-            for k, (m, a) in leaves.items()}
+    groups = [list(leaves)] if scope == "global" else [[k] for k in leaves]
+    out = {}
+    for g in groups:
+        m = np.concatenate([leaves[k][0].ravel() for k in g])
+        a = np.concatenate([leaves[k][1].ravel() for k in g])
+        removed = np.zeros(m.size, bool)
+        pos = np.flatnonzero(m)
+        if pos.size:
+            k = int(Fraction(p) * (pos.size - 1) // 100)
+            removed[pos[np.argsort(a[pos], kind="stable")[:k + 1]]] = True
+            t = np.percentile(a[pos], p)
+            assert (m & (a < t) <= removed).all() and (removed <= (m & (a <= t))).all()
+        for k in g:
+            n = leaves[k][0].size
+            out[k], removed = removed[:n].reshape(leaves[k][0].shape), removed[n:]
+    return out
 
 
 @PROPERTY
@@ -249,8 +260,8 @@ def test_masked_rank1_leaf_is_pruned_by_threshold_without_unit_protection():
     masks = gpjax.init_masks(params, prunable=["*"])
     for rec in (True, False):
         q, m = gpjax.prune(params, masks, percentile=50, recoverable=rec)
-        b = np.abs(np.asarray(params["b"], np.float64))
-        np.testing.assert_array_equal(m["b"], b > np.percentile(b, 50))
+        # |b| = [1, 0, 1, 2]: floor(0.5 * 3) + 1 = 2 removed, the tie at 1 by position.
+        np.testing.assert_array_equal(m["b"], [False, False, True, True])
         assert gpjax.dormant_is_zero(q, m)
     q, m = gpjax.prune(params, masks, percentile=100)
     assert not np.asarray(m["b"]).any()
