@@ -1,11 +1,11 @@
 """Mask pytrees: creation, application, counting, dead units and validation.
 
 A *masks* pytree mirrors a params pytree: every prunable leaf (by default a floating array of
-rank >= 2, i.e. a kernel) has a boolean array of the same shape, every other leaf ``None`` (the
-jaxpruner convention). Non-array leaves of params (``None`` from ``eqx.partition``, functions,
-ints) are tolerated: their mask is ``None`` and they pass through untouched. Connections whose
-mask is False are *dormant*; the network computes with ``W * M``. Walk masks with
-``jax.tree.map(f, masks, params, is_leaf=is_none)``.
+rank >= 2 not named ``bias``, i.e. a kernel) has a boolean array of the same shape, every other
+leaf ``None`` (the jaxpruner convention). Non-array leaves of params (``None`` from
+``eqx.partition``, functions, ints) are tolerated: their mask is ``None`` and they pass through
+untouched. Connections whose mask is False are *dormant*; the network computes with ``W * M``.
+Walk masks with ``jax.tree.map(f, masks, params, is_leaf=is_none)``.
 
 Unit axes (``layout=``). A kernel has one axis of input units and one of output units; the
 others are spatial. A unit is a slice along one of them (output unit: all connections into it;
@@ -100,9 +100,15 @@ def _selector(select: LeafSelector, what: str,
 
 
 def is_kernel(leaf: Any) -> bool:
-    """Default prunable test: a floating array of rank >= 2."""
+    """A floating array of rank >= 2."""
     return (is_array(leaf) and leaf.ndim >= 2
             and jnp.issubdtype(getattr(leaf, "dtype", np.int32), jnp.floating))
+
+
+def _default_prunable(name: str, leaf: Any) -> bool:
+    """Kernels (:func:`is_kernel`) not named ``bias`` (Equinox conv biases are ``[out, 1, 1]``)."""
+    last = name[:-len("/value")] if name.endswith("/value") else name
+    return is_kernel(leaf) and last.rsplit("/", 1)[-1] != "bias"
 
 
 def init_masks(
@@ -122,7 +128,7 @@ def init_masks(
       key: a PRNG key; required when ``density < 1``.
       prunable: which leaves get masks: fnmatch patterns over leaf paths (each must match a
         leaf) or a predicate on the path string. Default: every floating array of rank >= 2
-        (kernels). Only array leaves are ever masked.
+        (kernels) whose last path key is not ``bias``. Only array leaves are ever masked.
 
     Returns:
       A pytree like ``params`` with boolean arrays on prunable leaves and ``None`` elsewhere.
@@ -137,7 +143,7 @@ def init_masks(
                          "pass key=jax.random.key(seed)")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
     if prunable is None:
-        chosen = [is_kernel(leaf) for _, leaf in flat]
+        chosen = [_default_prunable(path_str(p), leaf) for p, leaf in flat]
     else:
         sel = _selector(prunable, "prunable", [path_str(p) for p, _ in flat])
         chosen = [bool(sel(path_str(p))) and is_array(leaf) for p, leaf in flat]

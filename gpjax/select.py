@@ -144,19 +144,6 @@ def _abs32(x: jax.Array) -> jax.Array:
     return jnp.abs(x).astype(jnp.float32)
 
 
-def _break_ties(tie: list[jax.Array], take: jax.Array, *, upper: bool) -> list[jax.Array]:
-    """The first (``upper=False``) or last (``upper=True``) ``take`` True entries of ``tie``, in
-    the order of the arrays and, inside each, their flat (row-major) index."""
-    counts = [jnp.sum(t, dtype=jnp.int32) for t in tie]
-    total = sum(counts)
-    out, offset = [], jnp.int32(0)
-    for t, c in zip(tie, counts):
-        rank = jnp.cumsum(t.reshape(-1), dtype=jnp.int32).reshape(t.shape) + offset  # 1-based
-        out.append(t & ((rank > total - take) if upper else (rank <= take)))
-        offset = offset + c
-    return out
-
-
 def select(
     values: Sequence[jax.Array],
     valid: Sequence[jax.Array],
@@ -176,8 +163,8 @@ def select(
     * ``upper=True`` (growth): the ``n - ceil(q)`` highest ranks, i.e. ``{|x| >= P}`` without
       ties; tied entries with the highest positions go first.
 
-    Without a tie at the threshold this costs one comparison and one sum more than
-    :func:`thresholds`; the tie-breaking cumulative sums run (``lax.cond``) only when there is
+    Without a tie at a threshold this costs one comparison and one sum per array more than
+    :func:`thresholds`; the tie-breaking cumulative sum runs (``lax.cond``) only when there is
     one.
 
     Args:
@@ -191,28 +178,45 @@ def select(
     Returns:
       One boolean array per input array (``False`` outside ``valid``).
     """
+    if not values:
+        return []
     p = jnp.asarray(percentile, jnp.float32)
     ok = ~jnp.isnan(p)
     p = jnp.clip(jnp.where(ok, p, 0.0), 0.0, 100.0)
+    mags = [_abs32(x) for x in values]
     groups = [list(range(len(values)))] if scope == "global" else [[i] for i in range(len(values))]
-    out: list[jax.Array] = [None] * len(values)  # type: ignore[list-item]
+    cut, want = [None] * len(values), [None] * len(values)
+    near, excess = [], []
     for g in groups:
-        xs, vs = [values[i] for i in g], [valid[i] for i in g]
-        mags = [_abs32(x) for x in xs]
+        vs = [valid[i] for i in g]
         n = sum(jnp.sum(v, dtype=jnp.int32) for v in vs)
         k = percentile_rank(p, n, upper=upper)
-        t = kth_smallest_abs(xs, k, vs)
-        want = (n - k) if upper else jnp.minimum(k + 1, n)
-        near = [v & ((a >= t) if upper else (a <= t)) for a, v in zip(mags, vs)]
-        excess = sum(jnp.sum(s, dtype=jnp.int32) for s in near) > want
+        t = kth_smallest_abs([values[i] for i in g], k, vs)
+        w = (n - k) if upper else jnp.minimum(k + 1, n)
+        for i in g:
+            cut[i], want[i] = t, w
+            near.append(valid[i] & ((mags[i] >= t) if upper else (mags[i] <= t)))
+        excess.append(sum(jnp.sum(near[i], dtype=jnp.int32) for i in g) > w)
 
-        def untie(near, mags=mags, vs=vs, t=t, want=want):
-            strict = [v & ((a > t) if upper else (a < t)) for a, v in zip(mags, vs)]
-            tie = [s & ~st for s, st in zip(near, strict)]
-            take = want - sum(jnp.sum(st, dtype=jnp.int32) for st in strict)
-            return [st | c for st, c in zip(strict, _break_ties(tie, take, upper=upper))]
+    def untie(near: list[jax.Array]) -> list[jax.Array]:
+        strict = [v & ((a > t) if upper else (a < t)) for a, v, t in zip(mags, valid, cut)]
+        tie = [s & ~st for s, st in zip(near, strict)]
+        n_strict = [jnp.sum(st, dtype=jnp.int32) for st in strict]
+        n_tie = [jnp.sum(t, dtype=jnp.int32) for t in tie]
+        # One cumulative sum over all arrays: 1-based ranks of the ties in position order.
+        rank = jnp.cumsum(jnp.concatenate([t.reshape(-1) for t in tie]), dtype=jnp.int32)
+        out, start, before = [], 0, jnp.int32(0)
+        for g in groups:
+            take = want[g[0]] - sum(n_strict[i] for i in g)
+            total = sum(n_tie[i] for i in g)
+            base = before  # ties in earlier groups
+            for i in g:
+                size = tie[i].size
+                r = rank[start:start + size].reshape(tie[i].shape) - base
+                out.append(strict[i] | (tie[i] & ((r > total - take) if upper else (r <= take))))
+                start += size
+            before = before + total
+        return out
 
-        chosen = jax.lax.cond(excess, untie, lambda near: list(near), near)
-        for i, c in zip(g, chosen):
-            out[i] = c & ok
-    return out
+    chosen = jax.lax.cond(jnp.any(jnp.stack(excess)), untie, lambda near: list(near), near)
+    return [c & ok for c in chosen]
