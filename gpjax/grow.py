@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gpjax import masks as M
-from gpjax.select import thresholds
+from gpjax.select import select
 
 PyTree = Any
 Scope = Literal["layer", "global"]
@@ -91,7 +91,7 @@ def accumulate_gradients(
       loss_fn: ``loss_fn(params, batch) -> scalar``, the user's pure loss computed with the
         weights exactly as given. Define it once: it is a static argument of a jitted function,
         so a new function object compiles anew.
-      params: params pytree.
+      params: params pytree of arrays (``None`` leaves allowed, as from ``eqx.partition``).
       masks: masks pytree (see :func:`gpjax.init_masks`).
       batches: either a pytree whose leaves have a leading axis of ``B`` mini-batches
         (``[B, batch, ...]``; one jitted ``lax.scan``, memory independent of ``B``) or an
@@ -105,6 +105,12 @@ def accumulate_gradients(
       included.
     """
     M.check_masks(params, masks)
+    for name, leaf in zip(M.leaf_names(params), jax.tree.leaves(params, is_leaf=M.is_none)):
+        if leaf is not None and not M.is_array(leaf):
+            raise ValueError(f"params leaf '{name}' is a {type(leaf).__name__}, not an array, "
+                             "and accumulate_gradients differentiates every leaf. Fix: pass the "
+                             "array part, e.g. params, static = eqx.partition(model, "
+                             "eqx.is_array), with loss_fn recombining them.")
     if _is_stream(batches):
         effective = _apply_masks_jit(params, masks)
         acc, n = _zeros_acc(params), 0
@@ -127,26 +133,25 @@ def accumulate_gradients(
 
 
 @functools.partial(jax.jit, static_argnames=("scope", "init", "skip_nonfinite"))
-def _grow(params, masks, grads, percentile, learning_rate, scope, init, skip_nonfinite):
-    mflat, treedef = jax.tree.flatten(masks, is_leaf=M.is_none)
-    pflat, gflat = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
-    idx = [i for i, m in enumerate(mflat) if m is not None]
+def _grow(pflat, mflat, gflat, percentile, learning_rate, scope, init, skip_nonfinite):
+    """Grows the masked leaves (lists); also returns per-leaf finiteness of params and grads."""
     gs = []
-    for i in idx:
-        g = gflat[i].astype(jnp.float32)
+    for g in gflat:
+        g = g.astype(jnp.float32)
         gs.append(jnp.where(jnp.isfinite(g), g, 0.0) if skip_nonfinite else g)
-    valids = [jnp.ones(g.shape, bool) for g in gs]
-    cuts, _ = thresholds(gs, valids, percentile, scope=scope, upper=True)
+    chosen = select(gs, [jnp.ones(g.shape, bool) for g in gs], percentile, scope=scope,
+                    upper=True)
     sign = -1.0 if init == "descent" else 1.0
-    for i, g, t in zip(idx, gs, cuts):
-        m, p = mflat[i], pflat[i]
-        a = jnp.abs(g)
-        new = (~m) & (a >= t) & (a > 0)
+    new_p, new_m = [], []
+    for p, m, g, g32, c in zip(pflat, mflat, gflat, gs, chosen):
+        new = (~m) & c & (g32 != 0)
         # The new weight from the gradient as given (not its float32 copy: float64 stays exact).
-        step = sign * learning_rate.astype(_acc_dtype(gflat[i])) * gflat[i]
-        pflat[i] = jnp.where(new, step.astype(p.dtype), p)
-        mflat[i] = m | new
-    return treedef.unflatten(pflat), treedef.unflatten(mflat)
+        step = sign * learning_rate.astype(_acc_dtype(g)) * g
+        new_p.append(jnp.where(new, step.astype(p.dtype), p))
+        new_m.append(m | new)
+    finite = [jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]) if xs else jnp.ones(0, bool)
+              for xs in (pflat, gflat)]
+    return new_p, new_m, finite
 
 
 def grow(
@@ -168,34 +173,64 @@ def grow(
 
     where :math:`P_\alpha` is numpy's (linear) ``alpha``-th percentile over every entry of the
     tensor's gradient ``G`` (``scope="layer"``) or of all masked tensors (``scope="global"``).
+    The set ``{|g| >= P_alpha}`` holds exactly ``n - ceil(q)`` entries (``q = alpha / 100 *
+    (n - 1)``) even when gradients tie at the threshold: ties with the highest positions
+    (tensor, then flat index) are taken (:func:`gpjax.select.select`).
     A grown weight starts at :math:`-\eta g_w` (``init="descent"``, the default: one gradient
     descent step from zero, lowering the loss to first order) or :math:`+\eta g_w`
     (``init="patent"``: the source's literal wording). Active weights never change; zero
     gradients never grow anything.
 
     Args:
-      params: params pytree; dormant weights should be 0.
+      params: params pytree (non-array leaves pass through); dormant weights should be 0 and
+        masked weights must be finite.
       masks: masks pytree.
       grads: pytree like params, e.g. from :func:`accumulate_gradients`.
-      percentile: alpha in [0, 100]; traced, so changing it does not recompile.
-      learning_rate: eta, the current learning rate (traced).
+      percentile: alpha, a number in [0, 100]; may be traced, so changing it does not
+        recompile (a traced value is clamped to [0, 100] and NaN grows nothing).
+      learning_rate: eta, the current learning rate, a finite number (may be traced; a traced
+        value is not checked).
       scope: "layer" (a percentile per tensor) or "global" (one over all masked tensors).
       init: "descent" or "patent" (see above).
-      nonfinite: "raise" (ValueError naming the leaf) or "skip" (NaN/inf entries never grow).
+      nonfinite: what to do with NaN/inf gradient entries: "raise" (ValueError naming the
+        leaf) or "skip" (they never grow). Non-finite params always raise.
 
     Returns:
       ``(params, masks)`` with the grown connections switched on.
+
+    Raises:
+      ValueError: on bad arguments or non-finite params or gradients (checked in one device
+        sync per call, after the jitted update).
     """
     M.check_masks(params, masks)
     M.check_like_params("grads", grads, params)
     M.check_percentile(percentile)
+    M.check_number("learning_rate", learning_rate)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     if init not in ("descent", "patent"):
         raise ValueError(f"init must be 'descent' or 'patent', got {init!r}")
     if nonfinite not in ("raise", "skip"):
         raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-    if nonfinite == "raise":
-        M.check_finite("grads", grads, masks)
-    return _grow(params, masks, grads, jnp.asarray(percentile, jnp.float32),
-                 jnp.asarray(learning_rate, jnp.float32), scope, init, nonfinite == "skip")
+    mflat, treedef = jax.tree.flatten(masks, is_leaf=M.is_none)
+    pflat, gflat = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
+    idx = [i for i, m in enumerate(mflat) if m is not None]
+    new_p, new_m, (p_ok, g_ok) = _grow(
+        [pflat[i] for i in idx], [mflat[i] for i in idx], [gflat[i] for i in idx],
+        jnp.asarray(percentile, jnp.float32), jnp.asarray(learning_rate, jnp.float32), scope,
+        init, nonfinite == "skip")
+    if not isinstance(p_ok, jax.core.Tracer):
+        names = [name for name, _, _ in M.masked_leaves(masks)]
+        p_ok, g_ok = jax.device_get((p_ok, g_ok))
+        for name, ok in zip(names, p_ok):
+            if not ok:
+                raise M.nonfinite_error("params", name, "the run diverged before growth "
+                                        "(lower the learning rate, check the loss)")
+        for name, ok in zip(names, g_ok):
+            if not ok and nonfinite == "raise":
+                raise M.nonfinite_error("grads", name, "find the source of the non-finite "
+                                        "loss, or pass nonfinite='skip' to treat those entries "
+                                        "as zero")
+    for i, p, m in zip(idx, new_p, new_m):
+        pflat[i], mflat[i] = p, m
+    return treedef.unflatten(pflat), treedef.unflatten(mflat)

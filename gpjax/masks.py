@@ -1,25 +1,34 @@
 """Mask pytrees: creation, application, counting, dead units and validation.
 
 A *masks* pytree mirrors a params pytree: every prunable leaf (by default a floating array of
-rank >= 2, i.e. a kernel) has a boolean array of the same shape, every other leaf ``None`` (the
-jaxpruner convention). Connections whose mask is False are *dormant*; the network computes with
-``W * M``. Walk masks with ``jax.tree.map(f, masks, params, is_leaf=is_none)``.
+rank >= 2 not named ``bias``, i.e. a kernel) has a boolean array of the same shape, every other
+leaf ``None`` (the jaxpruner convention). Non-array leaves of params (``None`` from
+``eqx.partition``, functions, ints) are tolerated: their mask is ``None`` and they pass through
+untouched. Connections whose mask is False are *dormant*; the network computes with ``W * M``.
+Walk masks with ``jax.tree.map(f, masks, params, is_leaf=is_none)``.
 
-Unit axes. For a kernel, the last axis indexes output units and axis -2 input units; leading
-axes are spatial (Flax ``Dense``: ``[in, out]``; ``Conv``: ``[kh, kw, in, out]``). A unit of a
-kernel is a column (output unit: all connections into it) or a row (input unit: all connections
-out of it), spatial positions included.
+Unit axes (``layout=``). A kernel has one axis of input units and one of output units; the
+others are spatial. A unit is a slice along one of them (output unit: all connections into it;
+input unit: all connections out of it), spatial positions included. ``layout="flax"`` (the
+default) is ``[..., in, out]`` (Flax linen/NNX ``Dense`` ``[in, out]``, ``Conv``
+``[kh, kw, in, out]``); ``layout="torch"`` is ``[out, in, ...]`` (Equinox, PyTorch-style
+``Linear`` ``[out, in]`` and ``Conv`` ``[out, in, kh, kw]``); a mapping ``{pattern: (in_axis,
+out_axis)}`` sets them per leaf (unmatched leaves: "flax"), and a pytree like masks with
+``(in_axis, out_axis)`` leaves (``None`` elsewhere) sets them leaf by leaf.
 
 Leaves are named by their path, keys joined with "/" (e.g. ``params/Dense_0/kernel``); options
-that select leaves (``prunable``, ``input_fed``) take fnmatch patterns over those names, a
-predicate on them, or a boolean pytree.
+that select leaves (``prunable``, ``input_fed``, ``layout``) take fnmatch patterns over those
+names, a predicate on them, or a boolean pytree. A name ending in ``/value`` (Flax NNX state,
+``l1/kernel/value``) also matches without it (``*l1/kernel``). A pattern that matches no leaf
+is an error.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +36,8 @@ import numpy as np
 
 PyTree = Any
 LeafSelector = Callable[[str], bool] | Iterable[str] | None
+Layout = Literal["flax", "torch"] | Mapping[str, tuple[int, int]] | PyTree
+Axes = tuple[int, int]  # (in_axis, out_axis), non-negative
 
 
 def is_none(x: Any) -> bool:
@@ -34,16 +45,29 @@ def is_none(x: Any) -> bool:
     return x is None
 
 
+def is_array(x: Any) -> bool:
+    """True for array leaves (jax/numpy arrays, tracers, ``ShapeDtypeStruct``)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
 def path_str(path: tuple) -> str:
     """A leaf's path as keys joined by "/" (``params/Dense_0/kernel``)."""
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def _selector(select: LeafSelector, what: str) -> Callable[[str], bool]:
-    if select is None:
-        return lambda name: False
-    if callable(select):
-        return select
+def leaf_names(tree: PyTree) -> list[str]:
+    """The path names of every leaf of ``tree``, ``None`` leaves included."""
+    return [path_str(p) for p, _ in
+            jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]]
+
+
+def _match(name: str, pat: str) -> bool:
+    if fnmatch.fnmatchcase(name, pat):
+        return True
+    return name.endswith("/value") and fnmatch.fnmatchcase(name[:-len("/value")], pat)
+
+
+def _patterns(select: Any, what: str) -> tuple[str, ...]:
     if isinstance(select, str):
         select = (select,)
     patterns = tuple(select)
@@ -51,13 +75,40 @@ def _selector(select: LeafSelector, what: str) -> Callable[[str], bool]:
         if not isinstance(pat, str):
             raise ValueError(f"{what} must be fnmatch patterns (str), a predicate or None; "
                              f"got element {pat!r}")
-    return lambda name: any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+    return patterns
+
+
+def _check_matched(patterns: Iterable[str], names: list[str], what: str) -> None:
+    for pat in patterns:
+        if not any(_match(n, pat) for n in names):
+            shown = names if len(names) <= 30 else names[:30] + [f"... ({len(names)} in all)"]
+            raise ValueError(f"{what} pattern {pat!r} matches no leaf; the leaf paths are "
+                             f"{shown}. Fix: write the pattern against one of these paths.")
+
+
+def _selector(select: LeafSelector, what: str,
+              names: list[str] | None = None) -> Callable[[str], bool]:
+    """A predicate on leaf names; patterns must each match one of ``names`` (when given)."""
+    if select is None:
+        return lambda name: False
+    if callable(select):
+        return select
+    patterns = _patterns(select, what)
+    if names is not None:
+        _check_matched(patterns, names, what)
+    return lambda name: any(_match(name, pat) for pat in patterns)
 
 
 def is_kernel(leaf: Any) -> bool:
-    """Default prunable test: a floating array of rank >= 2."""
-    return (hasattr(leaf, "ndim") and leaf.ndim >= 2
+    """A floating array of rank >= 2."""
+    return (is_array(leaf) and leaf.ndim >= 2
             and jnp.issubdtype(getattr(leaf, "dtype", np.int32), jnp.floating))
+
+
+def _default_prunable(name: str, leaf: Any) -> bool:
+    """Kernels (:func:`is_kernel`) not named ``bias`` (Equinox conv biases are ``[out, 1, 1]``)."""
+    last = name[:-len("/value")] if name.endswith("/value") else name
+    return is_kernel(leaf) and last.rsplit("/", 1)[-1] != "bias"
 
 
 def init_masks(
@@ -70,29 +121,35 @@ def init_masks(
     """Creates a masks pytree mirroring ``params``.
 
     Args:
-      params: any pytree of arrays (Flax linen variables, NNX state, Equinox, plain dicts).
-      density: fraction of active connections, in (0, 1]. Below 1 each connection is kept
-        independently with this probability (a random sparse seed, as NeST starts from).
+      params: any pytree (Flax linen variables, NNX state, Equinox models or their
+        ``eqx.partition`` halves, plain dicts); non-array leaves get no mask.
+      density: fraction of active connections, a number in (0, 1]. Below 1 each connection is
+        kept independently with this probability (a random sparse seed, as NeST starts from).
       key: a PRNG key; required when ``density < 1``.
-      prunable: which leaves get masks: fnmatch patterns over leaf paths or a predicate on the
-        path string. Default: every floating array of rank >= 2 (kernels).
+      prunable: which leaves get masks: fnmatch patterns over leaf paths (each must match a
+        leaf) or a predicate on the path string. Default: every floating array of rank >= 2
+        (kernels) whose last path key is not ``bias``. Only array leaves are ever masked.
 
     Returns:
       A pytree like ``params`` with boolean arrays on prunable leaves and ``None`` elsewhere.
       Call :func:`apply_masks` once afterwards so that dormant weights are exactly 0.
     """
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density}")
+    if not isinstance(density, numbers.Real) or isinstance(density, bool) \
+            or not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}. "
+                         "Fix: pass e.g. density=0.1.")
     if density < 1.0 and key is None:
         raise ValueError("init_masks(density < 1) draws a random mask: "
                          "pass key=jax.random.key(seed)")
-    chooser = (lambda name, leaf: is_kernel(leaf)) if prunable is None else (
-        lambda name, leaf, sel=_selector(prunable, "prunable"):
-        sel(name) and hasattr(leaf, "shape"))
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
+    if prunable is None:
+        chosen = [_default_prunable(path_str(p), leaf) for p, leaf in flat]
+    else:
+        sel = _selector(prunable, "prunable", [path_str(p) for p, _ in flat])
+        chosen = [bool(sel(path_str(p))) and is_array(leaf) for p, leaf in flat]
     out = []
-    for i, (path, leaf) in enumerate(flat):
-        if not chooser(path_str(path), leaf):
+    for i, ((_, leaf), c) in enumerate(zip(flat, chosen)):
+        if not c:
             out.append(None)
         elif density >= 1.0:
             out.append(jnp.ones(leaf.shape, bool))
@@ -114,9 +171,10 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 
 def full_masks(masks: PyTree, params: PyTree) -> PyTree:
-    """``masks`` with every ``None`` replaced by an all-True array shaped like the param."""
+    """``masks`` with every ``None`` replaced by an all-True array shaped like the param
+    (``None`` where the param itself is ``None``)."""
     return jax.tree.map(
-        lambda m, p: jnp.ones(jnp.shape(p), bool) if m is None else m,
+        lambda m, p: None if p is None else (jnp.ones(jnp.shape(p), bool) if m is None else m),
         masks, params, is_leaf=is_none)
 
 
@@ -128,6 +186,14 @@ def masked_leaves(masks: PyTree, *trees: PyTree) -> list[tuple[str, jax.Array, t
             for i, (p, m) in enumerate(mflat) if m is not None]
 
 
+def check_bool_masks(masks: PyTree) -> None:
+    """Raises ValueError, naming the leaf, unless every mask leaf is a boolean array."""
+    for name, m, _ in masked_leaves(masks):
+        if not is_array(m) or m.dtype != jnp.bool_:
+            raise ValueError(f"mask at '{name}' has dtype {getattr(m, 'dtype', type(m))}, "
+                             "expected bool. Fix: pass boolean masks (e.g. m.astype(bool)).")
+
+
 def _input_fed_flags(masks: PyTree, input_fed: LeafSelector | PyTree) -> list[bool]:
     """One flag per masked leaf (in :func:`masked_leaves` order)."""
     mflat, treedef = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
@@ -135,17 +201,84 @@ def _input_fed_flags(masks: PyTree, input_fed: LeafSelector | PyTree) -> list[bo
             and jax.tree.structure(input_fed, is_leaf=is_none) == treedef:
         flags = treedef.flatten_up_to(input_fed)
         return [bool(f) for (_, m), f in zip(mflat, flags) if m is not None]
-    sel = _selector(input_fed, "input_fed")
-    return [sel(path_str(p)) for p, m in mflat if m is not None]
+    sel = _selector(input_fed, "input_fed", [path_str(p) for p, _ in mflat])
+    return [bool(sel(path_str(p))) for p, m in mflat if m is not None]
 
 
-def unit_view(x: jax.Array) -> jax.Array:
-    """A kernel as ``[spatial, in, out]`` (rank-2 kernels get a spatial axis of 1)."""
+def _is_axes(x: Any) -> bool:
+    return (isinstance(x, tuple) and len(x) == 2
+            and all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in x))
+
+
+def unit_axes(masks: PyTree, layout: Layout = "flax") -> list[Axes | None]:
+    """``(in_axis, out_axis)`` (non-negative) per masked leaf, ``None`` for rank < 2.
+
+    Args:
+      masks: a masks pytree.
+      layout: "flax", "torch", ``{pattern: (in_axis, out_axis)}`` or a pytree like masks with
+        ``(in_axis, out_axis)`` leaves (see the module docstring).
+
+    Returns:
+      One entry per masked leaf, in :func:`masked_leaves` order.
+    """
+    leaves = masked_leaves(masks)
+    if isinstance(layout, str):
+        if layout not in ("flax", "torch"):
+            raise ValueError(f"layout must be 'flax', 'torch', a mapping from leaf patterns to "
+                             f"(in_axis, out_axis) or a pytree of those; got {layout!r}")
+        given = [(-2, -1) if layout == "flax" else (1, 0)] * len(leaves)
+    elif isinstance(layout, Mapping) and layout and all(
+            isinstance(k, str) and _is_axes(v) for k, v in layout.items()):
+        _check_matched(layout, leaf_names(masks), "layout")
+        given = []
+        for name, _, _ in leaves:
+            hits = [v for k, v in layout.items() if _match(name, k)]
+            given.append(hits[0] if hits else (-2, -1))
+    else:
+        treedef = jax.tree.structure(masks, is_leaf=is_none)
+        is_leaf = lambda x: x is None or _is_axes(x)  # noqa: E731
+        if jax.tree.structure(layout, is_leaf=is_leaf) != treedef:
+            raise ValueError("layout must be 'flax', 'torch', a mapping {pattern: (in_axis, "
+                             "out_axis)} or a pytree like masks with (in_axis, out_axis) leaves; "
+                             f"got {type(layout).__name__} of another structure.")
+        flat = treedef.flatten_up_to(layout)
+        given = [a if a is not None else (-2, -1)
+                 for a, m in zip(flat, jax.tree.leaves(masks, is_leaf=is_none)) if m is not None]
+    out: list[Axes | None] = []
+    for (name, m, _), axes in zip(leaves, given, strict=True):
+        if m.ndim < 2:
+            out.append(None)
+            continue
+        i, o = (int(a) % m.ndim if -m.ndim <= a < m.ndim else None for a in axes)
+        if i is None or o is None or i == o:
+            raise ValueError(f"layout gives (in_axis, out_axis)={tuple(axes)} for '{name}' of "
+                             f"shape {tuple(m.shape)}: need two different axes of it. Fix: "
+                             "layout='flax' for [..., in, out], 'torch' for [out, in, ...].")
+        out.append((i, o))
+    return out
+
+
+def unit_view(x: jax.Array, axes: Axes | None = None) -> jax.Array:
+    """A kernel as ``[spatial, in, out]``; ``axes=(in_axis, out_axis)``, default the last two
+    (rank-2 kernels get a spatial axis of 1)."""
+    if axes is not None and axes != (x.ndim - 2, x.ndim - 1):
+        x = jnp.moveaxis(x, axes, (-2, -1)) if isinstance(x, jax.Array) \
+            else np.moveaxis(x, axes, (-2, -1))
     return x.reshape((-1,) + x.shape[-2:])
 
 
+def from_unit_view(v: jax.Array, shape: tuple[int, ...], axes: Axes | None = None) -> jax.Array:
+    """The inverse of :func:`unit_view`: ``[spatial, in, out]`` back to the kernel ``shape``."""
+    if axes is None or axes == (len(shape) - 2, len(shape) - 1):
+        return v.reshape(shape)
+    rest = [s for a, s in enumerate(shape) if a not in axes]
+    moved = v.reshape(tuple(rest) + (shape[axes[0]], shape[axes[1]]))
+    move = jnp.moveaxis if isinstance(v, jax.Array) else np.moveaxis
+    return move(moved, (-2, -1), axes)
+
+
 def connect_units(masks: PyTree, *, seed: int | jax.Array = 0,
-                  input_fed: LeafSelector | PyTree = None) -> PyTree:
+                  input_fed: LeafSelector | PyTree = None, layout: Layout = "flax") -> PyTree:
     """Switches on one random connection for every unit a sparse mask left unconnected.
 
     A random mask at low density leaves some units with no input or no output connection (a
@@ -157,32 +290,36 @@ def connect_units(masks: PyTree, *, seed: int | jax.Array = 0,
     Args:
       masks: masks pytree (see :func:`init_masks`).
       seed: an int or a PRNG key choosing the connections (host-side numpy draws).
-      input_fed: kernels fed by the network's inputs (as in :func:`gpjax.prune`): their rows
-        (pixels, features) are not neurons and may stay unconnected.
+      input_fed: kernels fed by the network's inputs (as in :func:`gpjax.prune`): their input
+        units (pixels, features) are not neurons and may stay unconnected.
+      layout: which kernel axes are inputs and outputs: "flax" (``[..., in, out]``), "torch"
+        (``[out, in, ...]``, Equinox) or per leaf (see the module docstring).
 
     Returns:
-      masks where every output unit of every kernel (``[..., in, out]``: columns; conv: output
-      channels) has an active input connection and every input unit of a kernel not fed by the
-      network's inputs has an output connection. Units already connected are untouched.
+      masks where every output unit of every kernel has an active input connection and every
+      input unit of a kernel not fed by the network's inputs has an output connection. Units
+      already connected are untouched.
     """
+    check_bool_masks(masks)
     if isinstance(seed, jax.Array):
         seed = np.asarray(jax.random.key_data(seed) if jnp.issubdtype(
             seed.dtype, jax.dtypes.prng_key) else seed, np.uint32).ravel()
     rng = np.random.default_rng(seed)
     flags = _input_fed_flags(masks, input_fed)
+    axes_all = unit_axes(masks, layout)
     fixed = []
-    for (_, m, _), fed in zip(masked_leaves(masks), flags, strict=True):
-        if m.ndim < 2:  # not a kernel: no units
+    for (_, m, _), fed, axes in zip(masked_leaves(masks), flags, axes_all, strict=True):
+        if axes is None:  # not a kernel: no units
             fixed.append(m)
             continue
-        v = np.array(unit_view(np.asarray(m)))  # [spatial, in, out]
+        v = np.array(unit_view(np.asarray(m), axes))  # [spatial, in, out]
         s_, n_in, n_out = v.shape
         for o in np.flatnonzero(~v.any(axis=(0, 1))):
             v[rng.integers(s_), rng.integers(n_in), o] = True
         if not fed:
             for i in np.flatnonzero(~v.any(axis=(0, 2))):
                 v[rng.integers(s_), i, rng.integers(n_out)] = True
-        fixed.append(jnp.asarray(v.reshape(m.shape)))
+        fixed.append(jnp.asarray(from_unit_view(v, m.shape, axes)))
     it = iter(fixed)
     return jax.tree.map(lambda m: None if m is None else next(it), masks, is_leaf=is_none)
 
@@ -200,25 +337,30 @@ class DeadUnits(NamedTuple):
     outputs: int
 
 
-def dead_units(masks: PyTree, *, input_fed: LeafSelector | PyTree = None) -> dict[str, DeadUnits]:
+def dead_units(masks: PyTree, *, input_fed: LeafSelector | PyTree = None,
+               layout: Layout = "flax") -> dict[str, DeadUnits]:
     """How many units each kernel has lost (a neuron is "pruned" when it has none left).
 
     Args:
-      masks: a masks pytree.
+      masks: a masks pytree (boolean leaves; anything else is refused).
       input_fed: kernels fed by the network's inputs (patterns, predicate or bool pytree); their
-        rows are not counted.
+        input units are not counted.
+      layout: which kernel axes are inputs and outputs ("flax", "torch" or per leaf; see the
+        module docstring).
 
     Returns:
       ``{path: DeadUnits(inputs, outputs)}`` for every masked leaf (``(0, 0)`` for masked
       leaves of rank < 2, which have no units).
     """
+    check_bool_masks(masks)
     flags = _input_fed_flags(masks, input_fed)
+    axes_all = unit_axes(masks, layout)
     out = {}
-    for (name, m, _), fed in zip(masked_leaves(masks), flags):
-        if m.ndim < 2:  # not a kernel (a masked bias, say): no units to lose
+    for (name, m, _), fed, axes in zip(masked_leaves(masks), flags, axes_all):
+        if axes is None:  # not a kernel (a masked bias, say): no units to lose
             out[name] = DeadUnits(0, 0)
             continue
-        m3 = np.asarray(unit_view(m))
+        m3 = unit_view(np.asarray(m), axes)
         dead_out = int(np.sum(~m3.any(axis=(0, 1))))
         dead_in = 0 if fed else int(np.sum(~m3.any(axis=(0, 2))))
         out[name] = DeadUnits(dead_in, dead_out)
@@ -245,23 +387,26 @@ def count_params(masks: PyTree, params: PyTree | None = None) -> ParamCount:
     """Counts active and dense connections, per tensor and in total.
 
     Args:
-      masks: a masks pytree.
-      params: optional params pytree; when given, the size of unmasked leaves is counted too.
+      masks: a masks pytree (boolean leaves; anything else is refused).
+      params: optional params pytree; when given, the size of unmasked array leaves is counted
+        too.
 
     Returns:
       A :class:`ParamCount`.
     """
+    check_bool_masks(masks)
     per = {name: (int(jnp.sum(m)), int(m.size)) for name, m, _ in masked_leaves(masks)}
     unmasked = 0
     if params is not None:
         check_masks(params, masks)
-        unmasked = sum(int(np.size(p)) for _, m, p in _all_leaves(masks, params) if m is None)
+        unmasked = sum(int(np.size(p)) for _, m, p in _all_leaves(masks, params)
+                       if m is None and is_array(p))
     return ParamCount(sum(a for a, _ in per.values()), sum(d for _, d in per.values()), per,
                       unmasked)
 
 
 def density(masks: PyTree) -> float:
-    """Fraction of active connections over all masked leaves."""
+    """Fraction of active connections over all masked leaves (boolean masks only)."""
     c = count_params(masks)
     return c.active / max(c.dense, 1)
 
@@ -280,58 +425,94 @@ def _all_leaves(masks: PyTree, params: PyTree) -> list[tuple[str, Any, Any]]:
     return [(path_str(path), m, p) for (path, m), p in zip(mflat, pflat)]
 
 
-def _structure_error(what: str, tree: PyTree, params: PyTree) -> str:
-    got = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]}
-    want = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+def _structure_error(what: str, tree: PyTree, params: PyTree, against: str = "params",
+                     fix: str | None = None) -> str:
+    got, want = set(leaf_names(tree)), set(leaf_names(params))
     missing, extra = sorted(want - got)[:5], sorted(got - want)[:5]
-    return (f"{what} and params have different tree structures: missing in {what}: {missing}, "
-            f"not in params: {extra}. Fix: build {what} from these params "
-            f"(e.g. gpjax.init_masks(params)).")
+    fix = fix or f"build {what} from these params (e.g. gpjax.init_masks(params))"
+    return (f"{what} and {against} have different tree structures: missing in {what}: "
+            f"{missing}, not in {against}: {extra}. Fix: {fix}.")
 
 
-def check_masks(params: PyTree, masks: PyTree) -> None:
+def check_masks(params: PyTree, masks: PyTree, *, against: str = "params",
+                fix: str | None = None) -> None:
     """Raises ValueError, naming the leaf, unless ``masks`` fits ``params``.
 
-    Checks: same tree structure (``None`` standing for an unmasked leaf), same shapes, boolean
-    dtype.
+    Checks: same tree structure (``None`` leaves of either standing for an unmasked leaf, so
+    ``eqx.partition`` halves fit), same shapes, boolean dtype, masks only on array leaves.
+    ``against`` and ``fix`` word the message for callers whose reference is not params.
     """
-    try:
-        leaves = _all_leaves(masks, params)
-    except ValueError:
-        raise ValueError(_structure_error("masks", masks, params)) from None
-    if jax.tree.structure(masks, is_leaf=is_none) != jax.tree.structure(params):
-        raise ValueError(_structure_error("masks", masks, params))
-    for name, m, p in leaves:
+    if jax.tree.structure(masks, is_leaf=is_none) != jax.tree.structure(params, is_leaf=is_none):
+        raise ValueError(_structure_error("masks", masks, params, against, fix))
+    for name, m, p in _all_leaves(masks, params):
         if m is None:
             continue
-        if not hasattr(m, "dtype") or m.dtype != jnp.bool_:
+        if not is_array(m) or m.dtype != jnp.bool_:
             raise ValueError(f"mask at '{name}' has dtype {getattr(m, 'dtype', type(m))}, "
                              "expected bool. Fix: pass boolean masks (e.g. m.astype(bool)).")
+        if not is_array(p):
+            raise ValueError(f"mask at '{name}' is on a leaf that is not an array "
+                             f"({type(p).__name__}). Fix: rebuild masks for these {against}.")
         if tuple(m.shape) != tuple(jnp.shape(p)):
-            raise ValueError(f"mask at '{name}' has shape {tuple(m.shape)} but the param has "
-                             f"{tuple(jnp.shape(p))}. Fix: rebuild masks for these params.")
+            raise ValueError(f"mask at '{name}' has shape {tuple(m.shape)} but the {against} "
+                             f"leaf has {tuple(jnp.shape(p))}. Fix: rebuild masks for these "
+                             f"{against}.")
 
 
 def check_like_params(what: str, tree: PyTree, params: PyTree) -> None:
-    """Raises ValueError, naming the leaf, unless ``tree`` has params' structure and shapes."""
-    if jax.tree.structure(tree) != jax.tree.structure(params):
-        raise ValueError(_structure_error(what, tree, params))
-    for (path, t), p in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(params)):
-        if tuple(jnp.shape(t)) != tuple(jnp.shape(p)):
+    """Raises ValueError, naming the leaf, unless ``tree`` has params' structure and shapes
+    (``None`` leaves allowed where params has ``None`` or a non-array leaf)."""
+    if jax.tree.structure(tree, is_leaf=is_none) != jax.tree.structure(params, is_leaf=is_none):
+        raise ValueError(_structure_error(what, tree, params,
+                                          fix=f"compute {what} from these params"))
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
+    for (path, t), p in zip(flat, jax.tree.leaves(params, is_leaf=is_none)):
+        if is_array(p) and tuple(jnp.shape(t)) != tuple(jnp.shape(p)):
             raise ValueError(f"{what} at '{path_str(path)}' has shape {tuple(jnp.shape(t))} but "
                              f"the param has {tuple(jnp.shape(p))}.")
 
 
-def check_percentile(percentile: Any) -> None:
-    """Raises ValueError unless a concrete percentile lies in [0, 100] (traced: unchecked)."""
-    if isinstance(percentile, jax.core.Tracer):
+def check_number(what: str, value: Any, low: float | None = None,
+                 high: float | None = None) -> None:
+    """Raises ValueError unless a concrete ``value`` is a finite real number in [low, high].
+
+    Traced values (under ``jit``) are not checked here.
+    """
+    if isinstance(value, jax.core.Tracer):
         return
-    p = float(np.asarray(percentile))
-    if not 0.0 <= p <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {p}.")
+    if isinstance(value, bool) or not (
+            isinstance(value, numbers.Real) or (is_array(value) and np.size(value) == 1 and (
+                jnp.issubdtype(value.dtype, jnp.floating)
+                or jnp.issubdtype(value.dtype, jnp.integer)))):
+        raise ValueError(f"{what} must be a real number, got {value!r} "
+                         f"({type(value).__name__}). Fix: pass a float.")
+    v = float(np.asarray(value))
+    rng = f" in [{low:g}, {high:g}]" if low is not None and high is not None else ""
+    if not np.isfinite(v) or (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{what} must be a finite number{rng}, got {v}.")
 
 
-def check_finite(what: str, tree: PyTree, masks: PyTree) -> None:
+def check_percentile(percentile: Any) -> None:
+    """Raises ValueError unless a concrete percentile is a number in [0, 100].
+
+    Traced percentiles (under ``jit``) cannot be checked on the host: the selection clamps them
+    to [0, 100] and a NaN percentile selects nothing (see :func:`gpjax.select.select`).
+    """
+    check_number("percentile", percentile, 0.0, 100.0)
+
+
+def check_bool(what: str, value: Any) -> None:
+    """Raises ValueError unless ``value`` is a Python (or numpy) bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{what} must be True or False, got {value!r}. Fix: pass a bool.")
+
+
+def nonfinite_error(what: str, name: str, fix: str) -> ValueError:
+    """The one-line error for a NaN or inf in ``what`` at leaf ``name``."""
+    return ValueError(f"{what} at '{name}' contains NaN or inf. Fix: {fix}.")
+
+
+def check_finite(what: str, tree: PyTree, masks: PyTree, fix: str | None = None) -> None:
     """Raises ValueError naming the first masked leaf of ``tree`` with a NaN or inf."""
     leaves = masked_leaves(masks, tree)
     if not leaves or any(isinstance(t, jax.core.Tracer) for _, _, (t,) in leaves):
@@ -339,6 +520,6 @@ def check_finite(what: str, tree: PyTree, masks: PyTree) -> None:
     finite = jax.device_get([jnp.all(jnp.isfinite(t)) for _, _, (t,) in leaves])
     for (name, _, _), ok in zip(leaves, finite):
         if not ok:
-            raise ValueError(f"{what} at '{name}' contains NaN or inf. Fix: find the source of the "
-                             "non-finite loss, or pass nonfinite='skip' to treat those entries "
-                             "as zero.")
+            raise nonfinite_error(what, name, fix or (
+                "find the source of the non-finite loss, or pass nonfinite='skip' to treat "
+                "those entries as zero"))

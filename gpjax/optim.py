@@ -83,7 +83,7 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> MaskedState:
-        ones = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+        ones = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)  # None stays None
         return MaskedState(inner.init(params), ones)
 
     def update_fn(updates, state, params=None, *, masks=None, **extra):
@@ -118,7 +118,16 @@ def sync_masks(state: MaskedState, masks: PyTree) -> MaskedState:
 
     Returns:
       The state with dormant entries' optimiser state zeroed and ``previous_masks`` off there.
+
+    Raises:
+      ValueError: naming the leaf, when ``masks`` do not fit the state's params (structure,
+        shape or dtype; trace-time checks only).
     """
+    if not isinstance(state, MaskedState):
+        raise ValueError(f"sync_masks needs the state of a gpjax.masked optimiser, got "
+                         f"{type(state).__name__}. Fix: pass the state from tx.init/tx.update.")
+    M.check_masks(state.previous_masks, masks, against="the optimiser state",
+                  fix="pass the masks of the params this state was built from (tx.init(params))")
     params_def = jax.tree.structure(state.previous_masks)
     full = M.full_masks(masks, state.previous_masks)
     off = jax.tree.map(lambda m: ~m, full)

@@ -8,11 +8,16 @@ numpy's (linear) ``beta``-th percentile of the *active* magnitudes of its tensor
 (``scope="layer"``) or of all masked tensors (``scope="global"``): dormant weights are zero and
 would otherwise fill the low percentiles.
 
-Recoverable pruning guarantees that no neuron is pruned: in every kernel each output unit
-(column) keeps >= 1 input connection and each input unit (row) keeps >= 1 output connection,
-spatial positions included for convolutions (so each conv output and input channel survives).
+Ties at the threshold are broken by position, so that exactly ``floor(q) + 1`` connections
+(the numpy count without ties) are removed, not every weight tied at the threshold.
+
+Recoverable pruning guarantees that no neuron is pruned: in every kernel each output unit keeps
+>= 1 input connection and each input unit keeps >= 1 output connection, spatial positions
+included for convolutions (so each conv output and input channel survives); which axes hold
+the units is ``layout=`` (:mod:`gpjax.masks`).
 Where the threshold would empty a unit, its largest-magnitude active connection is kept. Network
-inputs (pixels, audio features) are not neurons: rows of kernels marked ``input_fed`` may empty.
+inputs (pixels, audio features) are not neurons: input units of kernels marked ``input_fed``
+may empty.
 A unit that had no active connection before pruning cannot be saved by pruning; growth can.
 Masked leaves of rank < 2 (selectable with ``init_masks(prunable=...)``) are not kernels: they
 have no units to protect and are pruned by the threshold alone.
@@ -25,10 +30,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gpjax import masks as M
 from gpjax.grow import Scope
-from gpjax.select import thresholds
+from gpjax.select import select
 
 PyTree = Any
 
@@ -53,28 +59,24 @@ def _keep_best(keep: jax.Array, mask: jax.Array, mag: jax.Array, axis: int) -> j
     return jax.lax.cond(jnp.any(emptied), restore, lambda k: k, keep)
 
 
-@functools.partial(jax.jit, static_argnames=("recoverable", "scope", "input_fed"))
-def _prune(params, masks, percentile, recoverable, scope, input_fed):
-    mflat, treedef = jax.tree.flatten(masks, is_leaf=M.is_none)
-    pflat = treedef.flatten_up_to(params)
-    idx = [i for i, m in enumerate(mflat) if m is not None]
-    values = [pflat[i] for i in idx]
-    valids = [mflat[i] for i in idx]
-    cuts, counts = thresholds(values, valids, percentile, scope=scope, upper=False)
-    for j, (i, t, n) in enumerate(zip(idx, cuts, counts)):
-        m, p = mflat[i], pflat[i]
-        mag = jnp.abs(p).astype(jnp.float32)
-        keep = m & ((mag > t) | (n == 0))
-        if recoverable and p.ndim >= 2:  # rank < 2 (a masked bias, say) has no units
-            shape = keep.shape
-            k3, m3, a3 = M.unit_view(keep), M.unit_view(m), M.unit_view(mag)
+@functools.partial(jax.jit, static_argnames=("recoverable", "scope", "input_fed", "axes"))
+def _prune(values, valids, percentile, recoverable, scope, input_fed, axes):
+    """Prunes the masked leaves (lists); also returns whether each weight leaf was finite."""
+    chosen = select(values, valids, percentile, scope=scope, upper=False)
+    new_p, new_m = [], []
+    for j, (p, m, drop) in enumerate(zip(values, valids, chosen)):
+        keep = m & ~drop
+        if recoverable and axes[j] is not None:  # rank < 2 (a masked bias, say) has no units
+            mag = jnp.abs(p).astype(jnp.float32)
+            k3, m3, a3 = (M.unit_view(x, axes[j]) for x in (keep, m, mag))
             k3 = _keep_best(k3, m3, a3, axis=2)
             if not input_fed[j]:
                 k3 = _keep_best(k3, m3, a3, axis=1)
-            keep = k3.reshape(shape)
-        pflat[i] = jnp.where(keep, p, jnp.zeros((), p.dtype))
-        mflat[i] = keep
-    return treedef.unflatten(pflat), treedef.unflatten(mflat)
+            keep = M.from_unit_view(k3, keep.shape, axes[j])
+        new_p.append(jnp.where(keep, p, jnp.zeros((), p.dtype)))
+        new_m.append(keep)
+    finite = jnp.stack([jnp.all(jnp.isfinite(p)) for p in values]) if values else jnp.ones(0, bool)
+    return new_p, new_m, finite
 
 
 def prune(
@@ -85,27 +87,55 @@ def prune(
     recoverable: bool = True,
     scope: Scope = "layer",
     input_fed: M.LeafSelector | PyTree = None,
+    layout: M.Layout = "flax",
 ) -> tuple[PyTree, PyTree]:
     r"""Removes the smallest-magnitude active connections (SPEC eq. 3).
 
+    Exactly ``floor(q) + 1`` active connections are removed before unit protection, with
+    ``q = beta / 100 * (n - 1)`` over the ``n`` active ones: numpy's ``{|w| <= P_beta}``, and
+    when several magnitudes tie at the threshold, the ties with the lowest positions (tensor,
+    then flat index) go first (see :func:`gpjax.select.select`).
+
     Args:
-      params: params pytree.
+      params: params pytree (non-array leaves pass through); masked weights must be finite.
       masks: masks pytree.
-      percentile: beta in [0, 100] over the active magnitudes (traced: no recompilation).
-      recoverable: if True, no unit of any kernel loses its last connection (see module doc).
+      percentile: beta, a number in [0, 100] over the active magnitudes (may be traced: no
+        recompilation; a traced value is clamped to [0, 100] and NaN prunes nothing).
+      recoverable: a bool; if True, no unit of any kernel loses its last connection (see module
+        doc).
       scope: "layer" (a percentile per tensor) or "global" (one over all masked tensors).
-      input_fed: kernels fed directly by the network's inputs, whose rows may empty: fnmatch
-        patterns over leaf paths (models in :mod:`gpjax.models` give theirs as
-        ``Model.input_kernels``), a predicate on the path, or a boolean pytree like masks.
-        Unmarked, every kernel's rows and columns are protected.
+      input_fed: kernels fed directly by the network's inputs, whose input units may empty:
+        fnmatch patterns over leaf paths (each must match a leaf; models in
+        :mod:`gpjax.models` give theirs as ``Model.input_kernels``), a predicate on the path,
+        or a boolean pytree like masks. Unmarked, every kernel's units are protected.
+      layout: which kernel axes are inputs and outputs: "flax" (``[..., in, out]``), "torch"
+        (``[out, in, ...]``, Equinox) or per leaf (see :mod:`gpjax.masks`).
 
     Returns:
       ``(params, masks)``; removed weights and masks are exactly 0.
+
+    Raises:
+      ValueError: on bad arguments, or when a masked weight is NaN or inf (a diverged run:
+        pruning would hide it). This check syncs with the device once per call.
     """
     M.check_masks(params, masks)
     M.check_percentile(percentile)
+    M.check_bool("recoverable", recoverable)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     fed = tuple(M._input_fed_flags(masks, input_fed))
-    return _prune(params, masks, jnp.asarray(percentile, jnp.float32), bool(recoverable), scope,
-                  fed)
+    axes = tuple(M.unit_axes(masks, layout))
+    mflat, treedef = jax.tree.flatten(masks, is_leaf=M.is_none)
+    pflat = treedef.flatten_up_to(params)
+    idx = [i for i, m in enumerate(mflat) if m is not None]
+    new_p, new_m, finite = _prune([pflat[i] for i in idx], [mflat[i] for i in idx],
+                                  jnp.asarray(percentile, jnp.float32), bool(recoverable),
+                                  scope, fed, axes)
+    if not isinstance(finite, jax.core.Tracer):
+        for (name, _, _), ok in zip(M.masked_leaves(masks), np.asarray(finite)):
+            if not ok:
+                raise M.nonfinite_error("params", name, "the run diverged before pruning "
+                                        "(lower the learning rate, check the loss)")
+    for i, p, m in zip(idx, new_p, new_m):
+        pflat[i], mflat[i] = p, m
+    return treedef.unflatten(pflat), treedef.unflatten(mflat)

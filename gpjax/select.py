@@ -137,3 +137,86 @@ def thresholds(
         ts.append(kth_smallest_abs([x], percentile_rank(percentile, n, upper=upper), [v]))
         ns.append(n)
     return ts, ns
+
+
+def _abs32(x: jax.Array) -> jax.Array:
+    """|x| as float32, exactly the values :func:`kth_smallest_abs` ranks."""
+    return jnp.abs(x).astype(jnp.float32)
+
+
+def select(
+    values: Sequence[jax.Array],
+    valid: Sequence[jax.Array],
+    percentile: jax.Array,
+    *,
+    scope: str,
+    upper: bool,
+) -> list[jax.Array]:
+    """The entries in numpy's percentile set of ``|values|``, exactly that many even with ties.
+
+    Ranks the valid entries by ``(|x|, position)`` (``position``: the array's index, then the
+    flat row-major index inside it), i.e. a stable ascending sort, and with
+    ``q = percentile / 100 * (n - 1)`` returns
+
+    * ``upper=False`` (pruning): the ``floor(q) + 1`` lowest ranks, i.e. ``{|x| <= P}`` when no
+      two magnitudes tie at the threshold; tied entries with the lowest positions go first;
+    * ``upper=True`` (growth): the ``n - ceil(q)`` highest ranks, i.e. ``{|x| >= P}`` without
+      ties; tied entries with the highest positions go first.
+
+    Without a tie at a threshold this costs one comparison and one sum per array more than
+    :func:`thresholds`; the tie-breaking cumulative sum runs (``lax.cond``) only when there is
+    one.
+
+    Args:
+      values: arrays whose magnitudes are ranked.
+      valid: boolean arrays like ``values``: which entries are ranked.
+      percentile: may be traced. Traced values are clamped to [0, 100] and NaN selects nothing
+        (concrete ones are checked by the callers).
+      scope: "layer" (a percentile per array) or "global" (one over all arrays together).
+      upper: see above.
+
+    Returns:
+      One boolean array per input array (``False`` outside ``valid``).
+    """
+    if not values:
+        return []
+    p = jnp.asarray(percentile, jnp.float32)
+    ok = ~jnp.isnan(p)
+    p = jnp.clip(jnp.where(ok, p, 0.0), 0.0, 100.0)
+    mags = [_abs32(x) for x in values]
+    groups = [list(range(len(values)))] if scope == "global" else [[i] for i in range(len(values))]
+    cut, want = [None] * len(values), [None] * len(values)
+    near, excess = [], []
+    for g in groups:
+        vs = [valid[i] for i in g]
+        n = sum(jnp.sum(v, dtype=jnp.int32) for v in vs)
+        k = percentile_rank(p, n, upper=upper)
+        t = kth_smallest_abs([values[i] for i in g], k, vs)
+        w = (n - k) if upper else jnp.minimum(k + 1, n)
+        for i in g:
+            cut[i], want[i] = t, w
+            near.append(valid[i] & ((mags[i] >= t) if upper else (mags[i] <= t)))
+        excess.append(sum(jnp.sum(near[i], dtype=jnp.int32) for i in g) > w)
+
+    def untie(near: list[jax.Array]) -> list[jax.Array]:
+        strict = [v & ((a > t) if upper else (a < t)) for a, v, t in zip(mags, valid, cut)]
+        tie = [s & ~st for s, st in zip(near, strict)]
+        n_strict = [jnp.sum(st, dtype=jnp.int32) for st in strict]
+        n_tie = [jnp.sum(t, dtype=jnp.int32) for t in tie]
+        # One cumulative sum over all arrays: 1-based ranks of the ties in position order.
+        rank = jnp.cumsum(jnp.concatenate([t.reshape(-1) for t in tie]), dtype=jnp.int32)
+        out, start, before = [], 0, jnp.int32(0)
+        for g in groups:
+            take = want[g[0]] - sum(n_strict[i] for i in g)
+            total = sum(n_tie[i] for i in g)
+            base = before  # ties in earlier groups
+            for i in g:
+                size = tie[i].size
+                r = rank[start:start + size].reshape(tie[i].shape) - base
+                out.append(strict[i] | (tie[i] & ((r > total - take) if upper else (r <= take))))
+                start += size
+            before = before + total
+        return out
+
+    chosen = jax.lax.cond(jnp.any(jnp.stack(excess)), untie, lambda near: list(near), near)
+    return [c & ok for c in chosen]

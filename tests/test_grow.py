@@ -343,3 +343,38 @@ def test_changing_masks_never_recompiles_grow_or_accumulate(compiles):
     assert compiles.count == 0
     assert (grow_mod._grow._cache_size(), grow_mod._accumulate_stacked._cache_size(),
             grow_mod._accumulate_one._cache_size()) == sizes
+
+
+def test_grow_takes_exactly_the_numpy_count_with_ties():
+    # 2 x 3 zeros... gradients with many ties: |g| in {0, 1, 2}.
+    g = jnp.asarray([[1.0, -1.0, 2.0, 1.0], [0.0, 1.0, -1.0, 2.0], [1.0, 0.0, 1.0, -1.0]])
+    params = {"w": jnp.zeros((3, 4))}
+    masks = {"w": jnp.zeros((3, 4), bool)}
+    for p in (0, 10, 25, 50, 75, 90, 100):
+        n = 12
+        k = (p * (n - 1) + 99) // 100  # ceil(q)
+        _, m = gpjax.grow(params, masks, {"w": g}, percentile=p, learning_rate=0.1)
+        a = np.abs(np.asarray(g)).ravel()
+        order = np.argsort(a, kind="stable")
+        want = np.zeros(n, bool)
+        want[order[k:]] = True
+        want &= a > 0  # zero gradients never grow
+        np.testing.assert_array_equal(np.asarray(m["w"]).ravel(), want)
+        assert np.asarray(m["w"]).sum() == min(n - k, int((a > 0).sum()))
+
+
+def test_grow_refuses_nonfinite_params_and_learning_rate():
+    params = {"w": jnp.zeros((2, 3))}
+    masks = {"w": jnp.zeros((2, 3), bool)}
+    grads = {"w": jnp.ones((2, 3))}
+    for lr, match in [(float("nan"), "learning_rate must be a finite number"),
+                      (float("inf"), "learning_rate must be a finite number"),
+                      ("0.1", "learning_rate must be a real number")]:
+        with pytest.raises(ValueError, match=match) as e:
+            gpjax.grow(params, masks, grads, percentile=50, learning_rate=lr)
+        assert "\n" not in str(e.value)
+    bad = {"w": params["w"].at[1, 1].set(jnp.inf)}
+    for nonfinite in ("raise", "skip"):
+        with pytest.raises(ValueError, match="params at 'w' contains NaN or inf") as e:
+            gpjax.grow(bad, masks, grads, percentile=50, learning_rate=0.1, nonfinite=nonfinite)
+        assert "\n" not in str(e.value)

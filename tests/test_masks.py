@@ -195,3 +195,85 @@ def test_connect_units_is_deterministic_and_accepts_keys():
     c = gpjax.connect_units(masks, seed=jax.random.key(3))
     d = gpjax.connect_units(masks, seed=jax.random.PRNGKey(3))
     assert all(v == (0, 0) for m in (c, d) for v in gpjax.dead_units(m).values())
+
+
+# ----------------------------------------------------------------------------- pytrees, layout
+
+def test_none_and_function_leaves_are_tolerated():
+    # eqx.partition-style params (None leaves) and a plain dict with "bias": None (the report).
+    params = {"w": jnp.ones((3, 2)), "bias": None, "act": jax.nn.relu, "n": 3}
+    masks = gpjax.init_masks(params)
+    assert masks["bias"] is None and masks["act"] is None and masks["n"] is None
+    out = gpjax.apply_masks(params, masks)
+    assert out["act"] is jax.nn.relu and out["n"] == 3 and out["bias"] is None
+    assert gpjax.count_params(masks, params) == gpjax.ParamCount(6, 6, {"w": (6, 6)}, 0)
+    assert gpjax.init_masks({"w": jnp.ones((3, 2)), "bias": None})["bias"] is None
+    # Equinox conv biases ([out, 1, 1]) are not kernels by default.
+    assert gpjax.init_masks({"conv": {"weight": jnp.ones((4, 2, 3, 3)),
+                                      "bias": jnp.ones((4, 1, 1))}})["conv"]["bias"] is None
+
+
+def test_layout_torch_mapping_and_pytree_agree():
+    m = np.ones((2, 5, 3, 3), bool)  # [out, in, kh, kw]
+    m[1] = False                     # output unit 1: no input connection
+    m[:, 4] = False                  # input unit 4: no output connection
+    masks = {"conv": jnp.asarray(m), "dense": jnp.asarray(np.eye(4, 3, dtype=bool))}
+    want = {"conv": gpjax.DeadUnits(1, 1), "dense": gpjax.DeadUnits(0, 1)}  # dense: [out=4, in=3]
+    assert gpjax.dead_units(masks, layout="torch") == want
+    assert gpjax.dead_units(masks, layout={"*": (1, 0)}) == want
+    assert gpjax.dead_units(masks, layout={"conv": (1, 0), "dense": (1, 0)}) == want
+    assert gpjax.dead_units(masks, layout={"conv": (1, 0)})["dense"] == (1, 0)  # dense: flax
+    # flax reads conv's last two axes (3x3, all connected) as in/out.
+    assert gpjax.dead_units(masks)["conv"] == (0, 0)
+    fixed = gpjax.connect_units(masks, layout="torch")
+    assert all(d == (0, 0) for d in gpjax.dead_units(fixed, layout="torch").values())
+    for bad, match in [("pytorch", "layout must be"), ({"*": (0, 0)}, "two different axes"),
+                       ({"nope*": (1, 0)}, "matches no leaf"), ({"*": (1, 7)}, "two different")]:
+        with pytest.raises(ValueError, match=match):
+            gpjax.dead_units(masks, layout=bad)
+
+
+def test_nnx_value_paths_match_user_patterns():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(3, 4, rngs=rngs)
+            self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+    _, state = nnx.split(Net(nnx.Rngs(0)), nnx.Param)
+    names = gpjax.masks.leaf_names(state)
+    assert "l1/kernel/value" in names  # how flax 0.12 flattens NNX state
+    masks = gpjax.init_masks(state, prunable=["*l1/kernel", "l2/kernel"])
+    assert sorted(gpjax.count_params(masks).per_tensor) == ["l1/kernel/value", "l2/kernel/value"]
+    # input_fed "*l1/kernel" matches l1/kernel/value: its empty input row is not counted.
+    m = np.ones((3, 4), bool)
+    m[0] = False
+    flat, treedef = jax.tree.flatten(gpjax.init_masks(state), is_leaf=lambda x: x is None)
+    flat = [jnp.asarray(m) if x is not None and x.shape == (3, 4) else x for x in flat]
+    masks = jax.tree.unflatten(treedef, flat)
+    assert gpjax.dead_units(masks)["l1/kernel/value"] == (1, 0)
+    assert gpjax.dead_units(masks, input_fed=["*l1/kernel"])["l1/kernel/value"] == (0, 0)
+    with pytest.raises(ValueError, match=r"'\*l3/kernel' matches no leaf.*l1/kernel/value"):
+        gpjax.dead_units(gpjax.init_masks(state), input_fed=["*l3/kernel"])
+    with pytest.raises(ValueError, match="prunable pattern 'nope' matches no leaf"):
+        gpjax.init_masks(state, prunable=["nope"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+
+
+def test_bad_input_is_refused_in_one_line():
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    half = {"w": jnp.full((3, 2), 0.5), "b": None}
+    for fn in (gpjax.count_params, gpjax.density, gpjax.dead_units, gpjax.connect_units):
+        with pytest.raises(ValueError, match="mask at 'w' has dtype float32, expected bool") as e:
+            fn(half)
+        _one_line(e)
+    for bad in ("0.5", None, True, float("nan"), 0.0, 1.5):
+        with pytest.raises(ValueError, match="density must be a number in") as e:
+            gpjax.init_masks(params, density=bad, key=jax.random.key(0))
+        _one_line(e)

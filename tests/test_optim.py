@@ -334,3 +334,35 @@ def test_forward_on_w_equals_forward_on_w_times_m():
                    zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(masks)))  # masks did change
     chex.assert_trees_all_equal(runs[0][1], runs[1][1])
     chex.assert_trees_all_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+
+
+def test_sync_masks_refuses_mismatched_masks_in_one_line():
+    _, params, masks = _setup()
+    state = gpjax.masked(optax.adam(1e-3)).init(params)
+    cases = [({"dense": masks["dense"]}, r"masks and the optimiser state have different tree "
+                                         r"structures.*out/kernel.*tx\.init\(params\)"),
+             ({**masks, "out": {"kernel": masks["out"]["kernel"][:, :2]}},
+              "mask at 'out/kernel' has shape"),
+             ({**masks, "out": {"kernel": masks["out"]["kernel"].astype(jnp.float32)}},
+              "mask at 'out/kernel' has dtype float32")]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            gpjax.sync_masks(state, bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="sync_masks needs the state of a gpjax.masked"):
+        gpjax.sync_masks(state.inner_state, masks)
+
+
+def test_masked_optimiser_on_params_with_none_leaves():
+    # eqx.partition-style params: None leaves stay None in the state and the updates.
+    params = {"w": jnp.ones((3, 2)), "act": None, "b": jnp.zeros(2)}
+    masks = gpjax.init_masks(params)
+    masks = {**masks, "w": masks["w"].at[0].set(False)}
+    tx = gpjax.masked(optax.adam(1e-2))
+    state = tx.init(params)
+    grads = {"w": jnp.ones((3, 2)), "act": None, "b": jnp.ones(2)}
+    u, state = tx.update(grads, state, params, masks=masks)
+    new = optax.apply_updates(params, u)
+    assert new["act"] is None and gpjax.dormant_is_zero(new, masks)
+    state = gpjax.sync_masks(state, masks)
+    assert state.previous_masks["act"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from fractions import Fraction
 
 import chex
 import jax
@@ -43,17 +44,27 @@ def _named(tree, masks):
 
 
 def _ref_prune_sets(params, masks, p, scope):
-    """Numpy reference: active & |w| <= percentile(|W_active|, p) (per tensor or global)."""
+    """Numpy reference: the floor(q) + 1 smallest active |w| (q = p / 100 (n - 1)) per tensor
+    or over all, ties taken in order of position (a stable argsort). Without ties that is
+    numpy's ``active & |w| <= percentile(|W_active|, p)``, which is asserted on the way."""
     leaves = {k: (np.asarray(m), np.abs(np.asarray(w, np.float32)).astype(np.float64))
               for k, (m, w) in _named(params, masks).items()}
-    if scope == "global":
-        act = np.concatenate([a[m] for m, a in leaves.values()])
-        t = np.percentile(act, p) if act.size else None
-        ts = {k: t for k in leaves}
-    else:
-        ts = {k: np.percentile(a[m], p) if m.any() else None for k, (m, a) in leaves.items()}
-    return {k: (m & (a <= ts[k]) if ts[k] is not None else np.zeros_like(m))
-            for k, (m, a) in leaves.items()}
+    groups = [list(leaves)] if scope == "global" else [[k] for k in leaves]
+    out = {}
+    for g in groups:
+        m = np.concatenate([leaves[k][0].ravel() for k in g])
+        a = np.concatenate([leaves[k][1].ravel() for k in g])
+        removed = np.zeros(m.size, bool)
+        pos = np.flatnonzero(m)
+        if pos.size:
+            k = int(Fraction(p) * (pos.size - 1) // 100)
+            removed[pos[np.argsort(a[pos], kind="stable")[:k + 1]]] = True
+            t = np.percentile(a[pos], p)
+            assert (m & (a < t) <= removed).all() and (removed <= (m & (a <= t))).all()
+        for k in g:
+            n = leaves[k][0].size
+            out[k], removed = removed[:n].reshape(leaves[k][0].shape), removed[n:]
+    return out
 
 
 @PROPERTY
@@ -249,9 +260,53 @@ def test_masked_rank1_leaf_is_pruned_by_threshold_without_unit_protection():
     masks = gpjax.init_masks(params, prunable=["*"])
     for rec in (True, False):
         q, m = gpjax.prune(params, masks, percentile=50, recoverable=rec)
-        b = np.abs(np.asarray(params["b"], np.float64))
-        np.testing.assert_array_equal(m["b"], b > np.percentile(b, 50))
+        # |b| = [1, 0, 1, 2]: floor(0.5 * 3) + 1 = 2 removed, the tie at 1 by position.
+        np.testing.assert_array_equal(m["b"], [False, False, True, True])
         assert gpjax.dormant_is_zero(q, m)
     q, m = gpjax.prune(params, masks, percentile=100)
     assert not np.asarray(m["b"]).any()
     assert gpjax.dead_units(m) == {"b": gpjax.DeadUnits(0, 0), "k": gpjax.DeadUnits(0, 0)}
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1), p=st.integers(0, 100), levels=st.sampled_from([1, 2, 4]),
+       scope=st.sampled_from(["layer", "global"]))
+def test_prune_removes_exactly_the_numpy_count_with_many_ties(seed, p, levels, scope):
+    rng = np.random.default_rng(seed)
+    masks = _masks(rng, _params(rng, _CONFIGS[0]), 0.7)
+    raw = jax.tree.map(lambda w: jnp.round(w * levels) / levels, _params(rng, _CONFIGS[0]))
+    params = gpjax.apply_masks(raw, masks)
+    q, m = gpjax.prune(params, masks, percentile=p, recoverable=False, scope=scope)
+    want = _ref_prune_sets(params, masks, p, scope)
+    old, new = _named(params, masks), _named(q, m)
+    for k, removed in want.items():
+        np.testing.assert_array_equal(np.asarray(new[k][0]), np.asarray(old[k][0]) & ~removed)
+    groups = [list(want)] if scope == "global" else [[k] for k in want]
+    for g in groups:  # the count itself, independently of the reference's choice of ties
+        n = sum(int(np.asarray(old[k][0]).sum()) for k in g)
+        gone = n - sum(int(np.asarray(new[k][0]).sum()) for k in g)
+        assert gone == (min(p * (n - 1) // 100 + 1, n) if n else 0)
+
+
+def test_prune_refuses_bad_input_in_one_line():
+    params = {"w": jnp.asarray([[1.0, -2.0], [3.0, 0.5]]), "b": jnp.zeros(2)}
+    masks = gpjax.init_masks(params)
+    for kw, match in [({"recoverable": "no"}, "recoverable must be True or False"),
+                      ({"recoverable": 1}, "recoverable must be True or False"),
+                      ({"percentile": "50"}, "percentile must be a real number"),
+                      ({"percentile": float("nan")}, "percentile must be a finite number"),
+                      ({"percentile": 101}, r"in \[0, 100\]"),
+                      ({"input_fed": ["x/kernel"]}, "input_fed pattern 'x/kernel' matches no")]:
+        with pytest.raises(ValueError, match=match) as e:
+            gpjax.prune(params, masks, **{"percentile": 10, **kw})
+        assert "\n" not in str(e.value)
+    nan = {**params, "w": params["w"].at[0, 1].set(jnp.nan)}
+    with pytest.raises(ValueError, match="params at 'w' contains NaN or inf") as e:
+        gpjax.prune(nan, masks, percentile=10)
+    assert "\n" not in str(e.value)
+    # Under jit a traced percentile is clamped and a NaN one prunes nothing.
+    f = jax.jit(lambda p, m, pct: gpjax.prune(p, m, percentile=pct, recoverable=False))
+    _, m = f(params, masks, jnp.float32(jnp.nan))
+    assert np.asarray(m["w"]).all()
+    _, m = f(params, masks, jnp.float32(250.0))
+    assert not np.asarray(m["w"]).any()

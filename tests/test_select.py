@@ -189,3 +189,61 @@ def test_percentile_rank_is_jittable_and_traced():
     assert int(f(50.0, 11)) == 5
     assert int(f(51.0, 11)) == 6
     assert f._cache_size() == 1
+
+
+# ----------------------------------------------------------------------------- exact sets, ties
+
+@functools.partial(jax.jit, static_argnames=("scope", "upper"))
+def _select(xs, vs, p, scope, upper):
+    return select.select(list(xs), list(vs), p, scope=scope, upper=upper)
+
+
+def _ref_select(xs, vs, p, scope, upper):
+    """Stable-argsort reference: the floor(q) + 1 lowest (or n - ceil(q) highest) ranks of
+    (|x|, position) over each tensor or all of them; positions are tensor, then flat index."""
+    groups = [list(range(len(xs)))] if scope == "global" else [[i] for i in range(len(xs))]
+    out = [np.zeros(x.shape, bool) for x in xs]
+    for g in groups:
+        a = np.concatenate([np.abs(xs[i]).ravel() for i in g])
+        v = np.concatenate([vs[i].ravel() for i in g])
+        pos = np.flatnonzero(v)
+        order = pos[np.argsort(a[pos], kind="stable")]
+        n = pos.size
+        num = p * max(n - 1, 0)
+        k = num // 100 + (1 if upper and num % 100 else 0)
+        chosen = np.zeros(a.size, bool)
+        chosen[order[k:] if upper else order[:k + 1]] = True
+        for i in g:
+            out[i], chosen = chosen[:xs[i].size].reshape(xs[i].shape), chosen[xs[i].size:]
+    return out
+
+
+@PROPERTY
+@given(shapes=_SHAPES, p=st.integers(0, 100), seed=st.integers(0, 2**31 - 1),
+       levels=st.sampled_from([1, 2, 3, 50]), scope=st.sampled_from(["layer", "global"]))
+def test_select_exact_count_with_many_ties(shapes, p, seed, levels, scope):
+    xs, vs = _slots(seed, shapes, 0.7)
+    xs = np.round(xs * levels / 3) / levels  # few distinct magnitudes: many ties, signs mixed
+    for upper in (True, False):
+        got = _select(tuple(xs), tuple(vs), jnp.float32(p), scope, upper)
+        want = _ref_select(xs, vs, p, scope, upper)
+        for g, w, v in zip(got, want, vs):
+            np.testing.assert_array_equal(np.asarray(g), w)
+            assert not (np.asarray(g) & ~v).any()
+        n = [int(v.sum()) for v in vs] if scope == "layer" else [int(vs.sum())]
+        count = [int(np.asarray(g).sum()) for g in got]
+        count = count if scope == "layer" else [sum(count)]
+        for c, m in zip(count, n):  # exactly the numpy count, ties or not
+            k = (p * max(m - 1, 0) + (99 if upper else 0)) // 100
+            assert c == ((m - k) if upper else min(k + 1, m))
+
+
+def test_select_traced_percentile_is_clamped_and_nan_selects_nothing():
+    x = jnp.asarray(np.arange(12.0, dtype=np.float32).reshape(3, 4))
+    v = jnp.ones((3, 4), bool)
+    for upper in (True, False):
+        hi, = _select((x,), (v,), jnp.float32(150.0), "layer", upper)
+        top, = _select((x,), (v,), jnp.float32(100.0), "layer", upper)
+        np.testing.assert_array_equal(hi, top)
+        nan, = _select((x,), (v,), jnp.float32(np.nan), "layer", upper)
+        assert not np.asarray(nan).any()
