@@ -177,8 +177,7 @@ def test_incremental_run_streams_a_tfds_image_set(tmp_path, monkeypatch):
     # A small MLP on 16x16 inputs stands in for the tiny ResNet to keep compile time short.
     import tensorflow_datasets as tfds
 
-    from gpjax.incremental import run
-    from gpjax.incremental import build, get_config
+    from gpjax.incremental import build, get_config, run
     from gpjax.incremental.policies import make_policy
 
     monkeypatch.setenv("GPJAX_DATA_DIR", str(tmp_path / "data"))
