@@ -169,3 +169,13 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_every_command_help_shows_an_example():
+    ap = cli.parser()
+    sub = next(a for a in ap._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert {"init", "update", "history", "evaluate", "promote", "export", "run", "report",
+            "plot", "list"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "Example:" in text and f"gpjax {name}" in text, name
