@@ -298,7 +298,7 @@ def _in_view(spec: LayerSpec, k: np.ndarray, prev_units: int) -> np.ndarray:
 def compact(params: PyTree, masks: PyTree, model: Any = None, *,
             layers: Sequence[str | LayerSpec] | None = None,
             activation: Activation = "leaky_relu",
-            input_shape: Sequence[int] | None = None) -> CompactModel:
+            input_shape: Sequence[int] | None = None, shrink: bool = True) -> CompactModel:
     """A smaller dense model computing what the masked model computes.
 
     Args:
@@ -313,6 +313,8 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
         none): a name in :data:`ACTIVATIONS` or a function.
       input_shape: per-example input shape; default: inferred (a Dense chain: the first
         kernel's rows; LeNet-5: ``(28, 28, 1)``).
+      shrink: False keeps every unit and input (the masked model in this form, original widths:
+        a baseline to compare with).
 
     Returns:
       A :class:`CompactModel` whose outputs equal ``model.apply(apply_masks(params, masks),
@@ -352,7 +354,7 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
     prev += [k.shape[-1] for k in kernels[:-1]]
     k3 = [_in_view(s, k, p) for s, k, p in zip(specs, kernels, prev)]
     kshape = [k.shape for k in kernels]  # leading dims, for reshaping back
-    changed = True
+    changed = shrink
     while changed:
         changed = False
         for i in range(n - 1):
@@ -381,7 +383,7 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
         if s.kind == "conv":
             kernel = k.reshape(*kshape[i][:2], k.shape[1], k.shape[2])
             index = None
-            if i == 0:
+            if i == 0 and shrink:
                 used = kernel.any(axis=(0, 1, 3))
                 if not used.all():
                     index = np.flatnonzero(used).astype(np.int32)
@@ -395,7 +397,7 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
             elif i > 0:
                 in_shape = (k.shape[1],)
             index = None
-            if i == 0 or specs[i - 1].kind == "conv":
+            if shrink and (i == 0 or specs[i - 1].kind == "conv"):
                 used = kernel.any(axis=1)
                 if not used.all():
                     index = np.flatnonzero(used).astype(np.int32)
