@@ -391,7 +391,7 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
             else:
                 in_shape = (*shapes[i][:2], k.shape[1])
         else:
-            kernel = k.reshape(-1, k.shape[2])
+            kernel = k.reshape(k.shape[0] * k.shape[1], k.shape[2])
             if i > 0 and specs[i - 1].kind == "conv":
                 in_shape = (kernel.shape[0],)
             elif i > 0:
