@@ -206,8 +206,9 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
       classes: class names, recorded in the manifest.
       source: where the model came from (a run directory, a checkpoint), recorded.
       test_data: ``(x, labels)``: accuracy of the artifact and of the original, recorded.
-      format: ``"jax"`` (``jax.export``) or ``"onnx"`` (also writes ``model.onnx``; needs
-        ``pip install 'gpjax-incremental[export]'``).
+      format: ``"jax"`` (``jax.export``) or ``"onnx"`` (also writes ``model.onnx``, the
+        compact dense model with its weights inside, symbolic batch ``B``; needs the ``onnx``
+        extra and jax2onnx, see pyproject.toml).
       batch_sizes: batch sizes the per-layer choice and the final check are measured at.
       repeats: timed calls per measurement (medians recorded).
       layers, activation: a Dense chain's structure, as for :func:`gpjax.compact`.
@@ -237,7 +238,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
             import onnx  # noqa: F401
         except ImportError:
             raise ValueError("export: format='onnx' needs jax2onnx and onnx. Fix: pip install "
-                             "'gpjax-incremental[export]'") from None
+                             "'gpjax-incremental[onnx]' && pip install --no-deps "
+                             "jax2onnx==0.17.1") from None
     if aux:
         raise ValueError(f"export: models with non-parameter state ({sorted(aux)}) are not "
                          "supported. Fix: export a model without batch norm")
