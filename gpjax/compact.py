@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpjax.masks import is_none, path_str
-from gpjax.models.conv import conv_as_row_gemm
-from gpjax.models.lenet import LeNet5, LeNet300, leaky_relu, max_pool_2x2
+
+# gpjax.models (and flax) are imported where used, so that `import gpjax` stays light.
 
 PyTree = Any
 Activation = str | Callable[[jax.Array], jax.Array]
@@ -51,9 +51,15 @@ Activation = str | Callable[[jax.Array], jax.Array]
 __all__ = ["ACTIVATIONS", "CompactLayer", "CompactModel", "LayerSpec", "activation_fn",
            "apply_compact", "compact", "layer_macs"]
 
+def _leaky_relu(x: jax.Array) -> jax.Array:
+    from gpjax.models.lenet import leaky_relu
+
+    return leaky_relu(x)
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
-    "leaky_relu": leaky_relu,
+    "leaky_relu": _leaky_relu,
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
@@ -164,6 +170,8 @@ def layer_macs(layer: CompactLayer, kernel_shape: tuple[int, ...]) -> tuple[int,
 
 
 def _conv(x: jax.Array, k: jax.Array, padding) -> jax.Array:
+    from gpjax.models.conv import conv_as_row_gemm
+
     return conv_as_row_gemm(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -181,6 +189,8 @@ def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: ja
     Returns:
       ``[B, out]``.
     """
+    from gpjax.models.lenet import max_pool_2x2
+
     b = x.shape[0]
     for i, (layer, w) in enumerate(zip(layers, weights)):
         if layer.kind == "dense":
@@ -218,6 +228,8 @@ def _bias_of(named: dict[str, Any], kernel: str) -> str | None:
 
 def infer_layers(model: Any, named: dict[str, Any]) -> tuple[list[LayerSpec], tuple[int, ...]]:
     """The layer chain and per-example input shape of a model :func:`compact` knows."""
+    from gpjax.models.lenet import LeNet5, LeNet300
+
     if isinstance(model, LeNet300):
         n = len(model.hidden) + 1
         specs = []

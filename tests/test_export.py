@@ -124,7 +124,7 @@ def test_existing_directory_and_unsupported_models_fail_without_writing(exported
     assert not any(tmp_path.iterdir())
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(n_in=st.integers(1, 30), n_out=st.integers(1, 20), density=st.floats(0.0, 0.5),
        seed=st.integers(0, 1000))
 def test_sparse_products_equal_the_dense_product(n_in, n_out, density, seed):
@@ -132,7 +132,8 @@ def test_sparse_products_equal_the_dense_product(n_in, n_out, density, seed):
     k = (rng.normal(size=(n_in, n_out)) * (rng.random((n_in, n_out)) < density)).astype(np.float32)
     x = rng.normal(size=(3, n_in)).astype(np.float32)
     for name, (w, prod) in sparse_variants(k).items():
-        np.testing.assert_allclose(np.asarray(prod(x, w)), x @ k, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(np.asarray(jax.jit(prod)(x, w)), x @ k, atol=1e-5,
+                                   err_msg=name)
 
 
 @pytest.mark.slow  # ~30 s of CPU, nearly all jax2onnx importing its plugin tree
