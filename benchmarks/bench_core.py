@@ -15,7 +15,10 @@ Times, on the same shapes and the same data:
    layer and global, versus the PyTorch reference built on ``torch.kthvalue``;
 5. (``models``, issue 3) masked SGD-momentum train steps of LeNet-5, ResNet-18 (small stem) and
    DeepSpeech2-H-LSTM against the PyTorch eager references of ``torch_models.py``
-   (:mod:`benchmarks.bench_models`).
+   (:mod:`benchmarks.bench_models`);
+6. (``inference``, issue 12) inference of compact LeNet-300-100 / LeNet-5 models: masked dense,
+   ``gpjax.compact``, sparse products, the ``gpjax.export_model`` artifact, PyTorch dense and
+   CSR (:mod:`benchmarks.bench_inference`, its own repeats: 50 by default).
 
 Each measurement is the median over ``--repeats`` runs; the JAX and PyTorch cases of a group
 are run round-robin so that load changes on a shared machine hit both alike. Results go to
@@ -655,7 +658,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": list(cfg.timer.threads), "xla_flags": os.environ.get("XLA_FLAGS"),
         "versions": versions(torch=torch.__version__),
         "load_start": load_start, "load_end": load_average(),
-        "repeats": cfg.repeats, "warmup": cfg.warmup, "max_steps": cfg.max_steps,
+        "repeats": (res["inference"]["repeats"] if tuple(args.only) == ("inference",)
+                    else cfg.repeats), "warmup": cfg.warmup, "max_steps": cfg.max_steps,
         "quick": args.quick, "tiny": cfg.tiny,
         "data": data_name, "notes": cfg.notes, "wall_s": round(time.time() - t0, 1),
     }
