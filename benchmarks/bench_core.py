@@ -15,7 +15,10 @@ Times, on the same shapes and the same data:
    layer and global, versus the PyTorch reference built on ``torch.kthvalue``;
 5. (``models``, issue 3) masked SGD-momentum train steps of LeNet-5, ResNet-18 (small stem) and
    DeepSpeech2-H-LSTM against the PyTorch eager references of ``torch_models.py``
-   (:mod:`benchmarks.bench_models`).
+   (:mod:`benchmarks.bench_models`);
+6. (``inference``, issue 12) inference of compact LeNet-300-100 / LeNet-5 models: masked dense,
+   ``gpjax.compact``, sparse products, the ``gpjax.export_model`` artifact, PyTorch dense and
+   CSR (:mod:`benchmarks.bench_inference`, its own repeats: 50 by default).
 
 Each measurement is the median over ``--repeats`` runs; the JAX and PyTorch cases of a group
 are run round-robin so that load changes on a shared machine hit both alike. Results go to
@@ -34,14 +37,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
-import platform
-import shlex
-import statistics
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,10 +48,25 @@ import numpy as np
 import optax
 
 import gpjax
+from benchmarks import bench_inference, bench_models
+from benchmarks.harness import (
+    RESULTS_DIR,
+    Timer,
+    best_threads,
+    command_line,
+    fresh_copy,
+    load_average,
+    machine,
+    med,
+    parse_threads,
+    versions,
+    write_results,
+)
 from gpjax.models import LeNet300
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("train", "growth", "mask", "models")
+__all__ = ["RESULTS_DIR", "Config", "fresh_copy", "main", "make_jax_steps", "make_lenet", "med"]
+
+SECTIONS = ("train", "growth", "mask", "models", "inference")
 
 # The 21 kernels of ResNet-18 (ImageNet stem, 1000 classes), Flax layout: 11,678,912 weights.
 # Used only if gpjax.models.ResNet18 cannot be shape-evaluated.
@@ -89,65 +101,7 @@ class Config:
     grow_percentile: float = 50.0
     tiny: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- timing
-
-TORCH_THREADS: tuple[int, ...] = (1,)
-"""Thread counts each PyTorch case is timed with (set by :func:`main`); the best one counts."""
-
-TORCH_CHOICE: dict[str, dict[int, float]] = {}
-"""Per PyTorch case: median seconds at each thread count (filled by :func:`time_group`)."""
-
-
-def _with_threads(fn: Callable[[], object], n: int) -> Callable[[], object]:
-    import torch
-
-    def run():
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        return fn()
-
-    return run
-
-
-def time_group(fns: dict[str, Callable[[], object]], repeats: int,
-               warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin ``repeats`` times after warm-up.
-
-    Every function must block until its result is ready (``jax.block_until_ready``).
-    Functions named ``torch*`` are timed at each of :data:`TORCH_THREADS` thread counts and
-    reported at the fastest (by median); all are recorded in :data:`TORCH_CHOICE`.
-    """
-    expanded: dict[str, Callable[[], object]] = {}
-    for name, fn in fns.items():
-        if name.startswith("torch"):
-            for n in TORCH_THREADS:
-                expanded[f"{name}@{n}"] = _with_threads(fn, n)
-        else:
-            expanded[name] = fn
-    for fn in expanded.values():
-        for _ in range(warmup):
-            fn()
-    raw: dict[str, list[float]] = {name: [] for name in expanded}
-    for _ in range(repeats):
-        for name, fn in expanded.items():
-            t0 = time.perf_counter()
-            fn()
-            raw[name].append(time.perf_counter() - t0)
-    samples = {}
-    for name in fns:
-        if name.startswith("torch"):
-            per = {n: raw[f"{name}@{n}"] for n in TORCH_THREADS}
-            TORCH_CHOICE[name] = {n: med(v) for n, v in per.items()}
-            samples[name] = min(per.values(), key=med)
-        else:
-            samples[name] = raw[name]
-    return samples
-
-
-def med(samples: list[float]) -> float:
-    return statistics.median(samples)
+    timer: Timer = field(default_factory=Timer)  # round-robin timing, PyTorch thread choice
 
 
 # ----------------------------------------------------------------------------- data
@@ -207,11 +161,6 @@ def make_lenet(cfg: Config, seed: int = 0):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     return model, params, masks, loss_fn
-
-
-def fresh_copy(tree):
-    """A copy of a pytree of arrays (via host memory: no compilation per shape)."""
-    return jax.tree.map(lambda a: jnp.asarray(np.array(a)), tree)
 
 
 def make_jax_steps(loss_fn, tx, masked: bool):
@@ -294,7 +243,7 @@ def bench_train(cfg: Config, x: np.ndarray, y: np.ndarray, out: dict) -> None:
                                                 (xs, ys)),
                 "torch": functools.partial(model_t.train_epoch, xs_t, ys_t),
             }
-            s = time_group(fns, cfg.repeats, cfg.warmup)
+            s = cfg.timer.group(fns, cfg.repeats, cfg.warmup)
             per_step = {k: med(v) / steps for k, v in s.items()}
             for name in ("m_step", "m_scan"):
                 ok = gpjax.dormant_is_zero(state[name][0], masks)
@@ -306,7 +255,7 @@ def bench_train(cfg: Config, x: np.ndarray, y: np.ndarray, out: dict) -> None:
                 "ms_per_step": {k: 1e3 * v for k, v in per_step.items()},
                 "samples_s": s,
                 "torch_ms_per_step_by_threads": {
-                    str(n): 1e3 * v / steps for n, v in TORCH_CHOICE["torch"].items()},
+                    str(n): 1e3 * v / steps for n, v in cfg.timer.choice["torch"].items()},
                 "speedup_vs_torch_step": per_step["torch"] / per_step["gpjax_step"],
                 "speedup_vs_torch_scan": per_step["torch"] / per_step["gpjax_scan"],
                 "mask_overhead_step": per_step["gpjax_step"] / per_step["dense_step"],
@@ -369,7 +318,7 @@ def bench_growth(cfg: Config, x: np.ndarray, y: np.ndarray, out: dict) -> None:
     fns["gpjax_train_epoch_scan_b128"] = scan_epoch
     fns["gpjax_train_epoch_step_b128"] = step_epoch
     fns["torch_train_epoch_b128"] = lambda: train_t.train_epoch(xs_t, ys_t)
-    s = time_group(fns, cfg.repeats, cfg.warmup)
+    s = cfg.timer.group(fns, cfg.repeats, cfg.warmup)
     ms = {k: 1e3 * med(v) for k, v in s.items()}
     jax_acc = {k: v for k, v in ms.items() if k.startswith("gpjax_acc")}
     torch_acc = {k: v for k, v in ms.items() if k.startswith("torch_acc")}
@@ -455,7 +404,7 @@ def bench_mask_update(cfg: Config, out: dict) -> None:
             tr.kthvalue_only, w_t, m_t, pp, scope=scope)
         fns[f"torch_kthvalue_all_{scope}"] = functools.partial(
             tr.kthvalue_only, g_t, None, gp, scope=scope)
-    s = time_group(fns, cfg.repeats, cfg.warmup)
+    s = cfg.timer.group(fns, cfg.repeats, cfg.warmup)
     ms = {k: 1e3 * med(v) for k, v in s.items()}
 
     # The same result on both sides (a real check, cheap: the functions are compiled already).
@@ -483,10 +432,6 @@ def bench_mask_update(cfg: Config, out: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- report
-
-def _best_threads(by_threads: dict) -> str:
-    return min(by_threads, key=by_threads.get)
-
 
 def _fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
@@ -526,7 +471,7 @@ def render_markdown(res: dict) -> str:
             lines.append(
                 f"| {r['optimizer']} | {r['batch']} | {_fmt(m['gpjax_step'])} | "
                 f"{_fmt(m['gpjax_scan'])} | {_fmt(m['dense_step'])} | {_fmt(m['dense_scan'])} "
-                f"| {_fmt(m['torch'])} ({_best_threads(r['torch_ms_per_step_by_threads'])}t) | "
+                f"| {_fmt(m['torch'])} ({best_threads(r['torch_ms_per_step_by_threads'])}t) | "
                 f"{_fmt(r['speedup_vs_torch_step'], 2)}x | "
                 f"{_fmt(r['speedup_vs_torch_scan'], 2)}x | {_fmt(r['mask_overhead_step'], 2)} | "
                 f"{_fmt(r['mask_overhead_scan'], 2)} |")
@@ -580,9 +525,9 @@ def render_markdown(res: dict) -> str:
         lines += ["", "Same masks and weights as the PyTorch reference: "
                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in agree.items()), ""]
     if "models" in res:
-        from benchmarks.bench_models import render_models
-
-        lines += render_models(res)
+        lines += bench_models.render_models(res)
+    if "inference" in res:
+        lines += bench_inference.render(res["inference"])
     if "targets" in res:
         lines += ["## Targets (issue 2, section 6; issue 3)", "", "| target | measured | met |",
                   "|---|---|---|"]
@@ -618,23 +563,10 @@ def targets(res: dict) -> list[dict]:
                 out.append({"target": f"{op} ({scope}) <= torch.kthvalue time",
                             "measured": f"{j:.1f} ms vs {kv:.1f} ms", "met": j <= kv})
     if "models" in res:
-        from benchmarks.bench_models import model_targets
-
-        out += model_targets(res)
+        out += bench_models.model_targets(res)
+    if "inference" in res:
+        out += bench_inference.targets(res["inference"])
     return out
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs"
 
 
 # ----------------------------------------------------------------------------- main
@@ -685,15 +617,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     cfg = make_config(args)
-    global TORCH_THREADS
-    ncpu = os.cpu_count() or 1
-    TORCH_THREADS = (tuple(int(t) for t in args.torch_threads.split(",")) if args.torch_threads
-                     else tuple(sorted({1, ncpu})))
-    TORCH_CHOICE.clear()
-    cmd = "python -m benchmarks.bench_core" + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:])
-        if (argv if argv is not None else sys.argv[1:]) else "")
-    load_start = [round(v, 2) for v in os.getloadavg()]
+    cfg.timer = Timer(parse_threads(args.torch_threads))
+    cmd = command_line("benchmarks.bench_core", argv)
+    load_start = load_average()
     x, y, data_name = (load_data(cfg) if {"train", "growth"} & set(args.only)
                        else (None, None, "random"))
     res: dict = {}
@@ -706,8 +632,6 @@ def main(argv: list[str] | None = None) -> dict:
     if "mask" in args.only:
         bench_mask_update(cfg, res)
     if "models" in args.only:
-        from benchmarks import bench_models
-
         mcfg = bench_models.ModelsConfig.tiny() if cfg.tiny else bench_models.ModelsConfig()
         mcfg.which = tuple(args.models)
         if args.ds2_rnn_features:
@@ -716,36 +640,38 @@ def main(argv: list[str] | None = None) -> dict:
             mcfg.ds2_batch = args.ds2_batch
         if args.quick:
             mcfg.quick()
-        bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res,
-                                  torch_threads=TORCH_THREADS)
-    res["torch_threads_s"] = {k: {str(n): v for n, v in d.items()}
-                              for k, d in TORCH_CHOICE.items()}
+        bench_models.bench_models(mcfg, cfg.repeats, cfg.warmup, res, timer=cfg.timer)
+    if "inference" in args.only:
+        icfg = (bench_inference.InferenceConfig.tiny() if cfg.tiny
+                else bench_inference.InferenceConfig())
+        if args.quick:
+            icfg.repeats = min(icfg.repeats, 5)
+        if args.repeats is not None:
+            icfg.repeats = args.repeats
+        res["inference"] = bench_inference.bench_inference(icfg, cfg.timer)
+    res["torch_threads_s"] = cfg.timer.choice_json()
     res["targets"] = targets(res)
     now = datetime.datetime.now(datetime.UTC)
     res["meta"] = {
         "command": cmd, "date": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
         "cpus": os.cpu_count(), "jax_devices": str(jax.devices()),
-        "torch_threads": list(TORCH_THREADS), "xla_flags": os.environ.get("XLA_FLAGS"),
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "jaxlib": __import__("jaxlib").__version__,
-                     "flax": __import__("flax").__version__, "optax": optax.__version__,
-                     "torch": torch.__version__, "numpy": np.__version__,
-                     "gpjax": gpjax.__version__},
-        "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
-        "repeats": cfg.repeats, "warmup": cfg.warmup, "max_steps": cfg.max_steps,
+        "torch_threads": list(cfg.timer.threads), "xla_flags": os.environ.get("XLA_FLAGS"),
+        "versions": versions(torch=torch.__version__),
+        "load_start": load_start, "load_end": load_average(),
+        "repeats": (res["inference"]["repeats"] if tuple(args.only) == ("inference",)
+                    else cfg.repeats), "warmup": cfg.warmup, "max_steps": cfg.max_steps,
         "quick": args.quick, "tiny": cfg.tiny,
         "data": data_name, "notes": cfg.notes, "wall_s": round(time.time() - t0, 1),
     }
     md = render_markdown(res)
     print()
     print(md)
-    args.out.mkdir(parents=True, exist_ok=True)
+    only = tuple(args.only)
     stem = f"bench_core_{now.strftime('%Y-%m-%d')}" + (
-        "_models" if tuple(args.only) == ("models",) else "") + (
+        f"_{only[0]}" if len(only) == 1 and only[0] in ("models", "inference") else "") + (
         "_tiny" if cfg.tiny else "") + ("_quick" if args.quick else "") + args.suffix
-    (args.out / f"{stem}.md").write_text(md)
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {args.out / stem}.{{md,json}}")
+    path = write_results(args.out, stem, res, md)
+    print(f"wrote {path}.{{md,json}}")
     return res
 
 

@@ -4,7 +4,7 @@ Times one masked SGD-with-momentum train step of LeNet-5, ResNet-18 (small stem,
 train mode) and DeepSpeech2-H-LSTM (CTC loss), gpjax (``gpjax.masked(optax.sgd(...))``, jitted,
 one call per step and the timed steps in one ``lax.scan``) against the PyTorch eager references
 of :mod:`benchmarks.torch_models` (forward with ``W * M``, backward, ``torch.optim.SGD`` step,
-re-mask), on the same random data, round-robin with :func:`benchmarks.bench_core.time_group`.
+re-mask), on the same random data, round-robin with :class:`benchmarks.harness.Timer`.
 
 Run it with ``python -m benchmarks.bench_core --only models`` (see there for the flags).
 """
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 import gpjax
-from benchmarks import bench_core as bc
+from benchmarks.harness import Timer, best_threads, fresh_copy, med
 from gpjax.models import DeepSpeech2, LeNet5, ResNet18, deepspeech2_loss
 
 LR, MOMENTUM = 0.01, 0.9
@@ -290,15 +290,15 @@ def case_fns(case: ModelCase, scan: bool = True) -> tuple[dict[str, Callable], d
     tx = gpjax.masked(optax.sgd(LR, momentum=MOMENTUM))
     step, many = make_aux_steps(case.loss_fn, tx)
     batches = [jax.tree.map(jnp.asarray, b) for b in case.batches]
-    states = {"gpjax_step": [bc.fresh_copy(case.params), tx.init(case.params),
-                             bc.fresh_copy(case.aux)]}
+    states = {"gpjax_step": [fresh_copy(case.params), tx.init(case.params),
+                             fresh_copy(case.aux)]}
     fns: dict[str, Callable] = {
         "gpjax_step": functools.partial(_run_steps, states["gpjax_step"], step, case.masks,
                                         batches)}
     if scan:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
-        states["gpjax_scan"] = [bc.fresh_copy(case.params), tx.init(case.params),
-                                bc.fresh_copy(case.aux)]
+        states["gpjax_scan"] = [fresh_copy(case.params), tx.init(case.params),
+                                fresh_copy(case.aux)]
         fns["gpjax_scan"] = functools.partial(_run_scan, states["gpjax_scan"], many,
                                               case.masks, stacked)
     model_t = case.make_torch(case.params, case.masks, case.aux)
@@ -307,21 +307,19 @@ def case_fns(case: ModelCase, scan: bool = True) -> tuple[dict[str, Callable], d
 
 
 def bench_models(cfg: ModelsConfig, repeats: int, warmup: int, out: dict,
-                 torch_threads: tuple[int, ...] | None = None) -> None:
+                 timer: Timer | None = None) -> None:
     """Times every case; ``out["models"]`` gets one row per case.
 
-    ``torch_threads``: the thread counts to time PyTorch with. Pass them explicitly: under
-    ``python -m benchmarks.bench_core`` the caller is ``__main__``, a different module object
-    from the ``benchmarks.bench_core`` whose :func:`time_group` this uses.
+    ``timer``: the :class:`~benchmarks.harness.Timer` (PyTorch thread counts) to time with;
+    default: PyTorch at 1 thread.
     """
-    if torch_threads:
-        bc.TORCH_THREADS = tuple(torch_threads)
+    timer = timer or Timer()
     rows = []
     for case in cases(cfg):
         fns, states = case_fns(case)
         steps = len(case.batches)
-        s = bc.time_group(fns, repeats, warmup)
-        per_step = {k: 1e3 * bc.med(v) / steps for k, v in s.items()}
+        s = timer.group(fns, repeats, warmup)
+        per_step = {k: 1e3 * med(v) / steps for k, v in s.items()}
         ok = {k: bool(gpjax.dormant_is_zero(st[0], case.masks)) for k, st in states.items()}
         if not all(ok.values()):
             raise AssertionError(f"dormant weights not 0 after the timed steps: {case.name}")
@@ -329,7 +327,7 @@ def bench_models(cfg: ModelsConfig, repeats: int, warmup: int, out: dict,
             "model": case.name, "shape": case.shape, "params": case.num_params,
             "steps_per_call": steps, "ms_per_step": per_step, "samples_s": s,
             "torch_ms_per_step_by_threads": {
-                str(n): 1e3 * v / steps for n, v in bc.TORCH_CHOICE["torch"].items()},
+                str(n): 1e3 * v / steps for n, v in timer.choice["torch"].items()},
             "speedup_vs_torch_step": per_step["torch"] / per_step["gpjax_step"],
             "speedup_vs_torch_scan": per_step["torch"] / per_step["gpjax_scan"],
             "dormant_is_zero": ok,
@@ -356,7 +354,7 @@ def render_models(res: dict) -> list[str]:
              "| speedup (scan) |", "|---|---|---|---|---|---|---|---|"]
     for r in m["rows"]:
         t = r["ms_per_step"]
-        best = bc._best_threads(r["torch_ms_per_step_by_threads"])
+        best = best_threads(r["torch_ms_per_step_by_threads"])
         lines.append(f"| {r['model']} | {r['shape']} | {r['params']:,} | "
                      f"{t['gpjax_step']:.2f} | {t['gpjax_scan']:.2f} | {t['torch']:.2f} "
                      f"({best}t) | {r['speedup_vs_torch_step']:.2f}x | "

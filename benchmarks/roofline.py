@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import shlex
-import sys
 from pathlib import Path
 
 import jax
@@ -34,8 +31,16 @@ import numpy as np
 import optax
 
 import gpjax
-from benchmarks import bench_core
-from benchmarks.bench_core import machine, med, time_group
+from benchmarks.harness import (
+    RESULTS_DIR,
+    Timer,
+    command_line,
+    default_threads,
+    load_average,
+    machine,
+    med,
+    write_results,
+)
 
 LAYERS = (784, 300, 100, 10)
 
@@ -122,13 +127,14 @@ def _torch_cases(batch: int, rng: np.random.Generator) -> dict:
             "torch_square": lambda: sq @ sq}
 
 
-def run(batches: tuple[int, ...], repeats: int) -> dict:
+def run(batches: tuple[int, ...], repeats: int, timer: Timer | None = None) -> dict:
     """Times every case at each batch size; returns the rows (ms and GFLOP/s)."""
+    timer = timer or Timer(default_threads())
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
         fns = _jax_cases(batch, rng) | _torch_cases(batch, rng)
-        ms = {k: 1e3 * med(v) for k, v in time_group(fns, repeats, warmup=2).items()}
+        ms = {k: 1e3 * med(v) for k, v in timer.group(fns, repeats, warmup=2).items()}
         flops = step_flops(batch)
         sq = 2 * 2048**3
         rows.append({
@@ -170,25 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", type=Path, default=bench_core.RESULTS_DIR)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
-    ncpu = os.cpu_count() or 1
-    bench_core.TORCH_THREADS = tuple(sorted({1, ncpu}))
-    load_start = [round(v, 2) for v in os.getloadavg()]
-    res = run(tuple(args.batches), args.repeats)
+    timer = Timer(default_threads())
+    load_start = load_average()
+    res = run(tuple(args.batches), args.repeats, timer)
     now = datetime.datetime.now(datetime.UTC)
-    argv = sys.argv[1:] if argv is None else argv
-    res["meta"] = {"command": "python -m benchmarks.roofline" + (
-        " " + shlex.join(argv) if argv else ""), "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
-        "torch_threads": list(bench_core.TORCH_THREADS), "repeats": args.repeats}
+    res["meta"] = {"command": command_line("benchmarks.roofline", argv),
+                   "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+                   "machine": machine(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                   "load_start": load_start, "load_end": load_average(),
+                   "torch_threads": list(timer.threads), "repeats": args.repeats}
     text = render(res)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"roofline_{now.strftime('%Y-%m-%d')}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_results(args.out, f"roofline_{now.strftime('%Y-%m-%d')}", res, text)
     return res
 
 

@@ -10,11 +10,15 @@ params pytree (Flax linen or NNX state, Equinox, plain dicts):
 * :func:`prune`: remove small active weights, recoverably or not (SPEC eq. 3);
 * :func:`masked`: an optax wrapper that keeps dormant weights at 0 and resets grown entries;
 * :func:`count_params`, :func:`density`, :func:`dead_units`: bookkeeping.
+* :func:`compact`, :func:`save_sparse` / :func:`load_sparse`, :func:`export_model`: a smaller
+  dense model computing the same function, stored sparse, exported to run with JAX alone.
 
 Method: Dai, Yin, Jha, "Incremental learning using a grow-and-prune paradigm with efficient
 neural networks", arXiv:1905.10952 (US patent 12,393,842 B2).
 """
 
+from gpjax.compact import compact
+from gpjax.export import export_from_state, export_model, load_sparse, save_sparse
 from gpjax.grow import accumulate_gradients, grow
 from gpjax.masks import (
     DeadUnits,
@@ -38,14 +42,19 @@ __all__ = [
     "ParamCount",
     "accumulate_gradients",
     "apply_masks",
+    "compact",
     "connect_units",
     "count_params",
     "dead_units",
     "density",
     "dormant_is_zero",
+    "export_from_state",
+    "export_model",
     "grow",
     "init_masks",
+    "load_sparse",
     "masked",
     "prune",
+    "save_sparse",
     "sync_masks",
 ]

@@ -156,3 +156,20 @@ def test_bench_models_quick_tiny_writes_the_table(tmp_path):
     assert [r["model"] for r in rows] == ["LeNet-5", "ResNet-18 (small stem)"]
     assert all(all(r["dormant_is_zero"].values()) for r in rows)
     assert all(v > 0 for r in res["models"]["rows"] for v in r["ms_per_step"].values())
+
+
+def test_bench_inference_tiny_variants_agree_and_table_is_written(tmp_path):
+    # bench_inference checks every variant against the masked model (max abs diff <= 1e-5 of
+    # the largest logit) before timing it, so this run fails if any computes something else.
+    res = bench_core.main(["--only", "inference", "--quick", "--tiny", "--repeats", "1",
+                           "--torch-threads", "1", "--out", str(tmp_path)])
+    (case,) = res["inference"]["cases"]
+    assert case["case"] == "lenet300_nonrec" and case["active"] <= 450
+    assert case["macs"]["compact_dense"] < case["macs"]["masked_dense"]
+    assert case["storage"]["compact_sparse"] < case["storage"]["dense_float32"]
+    assert [r["batch"] for r in case["rows"]] == [1, 4]
+    md = (tmp_path / next(p.name for p in tmp_path.glob("bench_core_*_inference_tiny_quick.md"))
+          ).read_text()
+    for needle in ("## Inference of compact models", "| 4 | artifact |", "| 1 | torch_csr |",
+                   "artifact >= 1.0x dense JAX"):
+        assert needle in md

@@ -1,0 +1,349 @@
+"""Deployable artifacts: a compact model as a ``jax.export`` function that needs only JAX.
+
+:func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per dense layer
+how the artifact computes (the compact dense product, or a sparse one where it measures faster
+at every batch size measured), checks the whole artifact against the dense model it came from
+at those batch sizes, and writes a directory::
+
+    model.jax        jax.export serialization (StableHLO, symbolic batch dimension "b")
+    weights.npz      its weights, arrays w0, w1, ... (the function's first argument, a list)
+    manifest.json    input shape/dtype, classes, parameters, density, MACs, timings, versions,
+                     accuracy at export (when test data are given)
+    load.py          the loader below (JAX and numpy only)
+    model.onnx       only with format="onnx" (weights inside; needs the ``export`` extra)
+
+Loading needs ``jax`` alone (no gpjax, no flax)::
+
+    import jax, numpy as np
+    exported = jax.export.deserialize(bytearray(open(d + "/model.jax", "rb").read()))
+    with np.load(d + "/weights.npz") as z:
+        weights = [jax.device_put(z[f"w{i}"]) for i in range(len(z.files))]
+    predict = jax.jit(exported.call)              # compiled once per input shape
+    logits = predict(weights, x)                  # x: [B, *manifest["input"]["shape"][1:]]
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from gpjax.compact import Activation, CompactModel, apply_compact, compact, layer_macs
+from gpjax.export.sparse import save_npz, sparse_variants
+from gpjax.masks import apply_masks, count_params
+
+PyTree = Any
+
+__all__ = ["LOADER", "export_from_state", "export_model", "load_artifact", "time_calls"]
+
+LOADER = '''"""Runs this exported model with JAX alone: load(directory)(x) -> logits."""
+import pathlib
+
+import jax
+import numpy as np
+
+
+def load(directory=pathlib.Path(__file__).parent):
+    """Returns predict(x) -> logits for x of shape [B, *manifest input shape[1:]]."""
+    d = pathlib.Path(directory)
+    exported = jax.export.deserialize(bytearray((d / "model.jax").read_bytes()))
+    with np.load(d / "weights.npz") as z:
+        weights = [jax.device_put(z[f"w{i}"]) for i in range(len(z.files))]
+    call = jax.jit(exported.call)  # compiled once per input shape
+    return lambda x: call(weights, x)
+
+
+if __name__ == "__main__":
+    import json
+    m = json.loads((pathlib.Path(__file__).parent / "manifest.json").read_text())
+    x = np.zeros([2, *m["input"]["shape"][1:]], m["input"]["dtype"])
+    print(np.asarray(load()(x)).shape)
+'''
+
+
+def time_calls(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each call, interleaved (``repeats`` rounds over ``fns``) after one
+    warm-up call each; results are blocked on, so the timings include the computation."""
+    for f in fns.values():
+        jax.block_until_ready(f())
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def _median_us(samples: list[float]) -> float:
+    return round(float(np.median(samples)) * 1e6, 1)
+
+
+def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
+                   rng: np.random.Generator) -> tuple[list, list, list[dict]]:
+    """Per layer: the product (None = dense), its weights, and the measurements."""
+    products, weights, records = [], [], []
+    for layer, w in zip(cm.layers, cm.weights):
+        k = np.asarray(w["kernel"])
+        rec: dict[str, Any] = {"kind": layer.kind, "shape": list(k.shape),
+                               "nonzero": int(np.count_nonzero(k)), "compute": "dense"}
+        chosen, chosen_w = None, w
+        nnz_frac = rec["nonzero"] / max(k.size, 1)
+        if layer.kind == "dense" and k.size and nnz_frac < 0.5:
+            variants = sparse_variants(k)
+            dense_fn = jax.jit(lambda x, k: x @ k)
+            timings: dict[str, dict[str, float]] = {}
+            for b in batch_sizes:
+                x = jnp.asarray(rng.standard_normal((b, k.shape[0]), np.float32))
+                fns = {"dense": lambda x=x, f=dense_fn, k=k: f(x, k)}
+                for name, (vw, prod) in variants.items():
+                    f = jax.jit(prod)
+                    fns[name] = lambda x=x, f=f, vw=vw: f(x, vw)
+                for name, s in time_calls(fns, repeats).items():
+                    timings.setdefault(name, {})[str(b)] = _median_us(s)
+            rec["timings_us"] = timings
+            faster = [n for n in variants
+                      if all(timings[n][str(b)] < timings["dense"][str(b)] for b in batch_sizes)]
+            if faster:
+                best = min(faster, key=lambda n: sum(timings[n].values()))
+                vw, chosen = variants[best]
+                chosen_w = {**{k_: v for k_, v in w.items() if k_ != "kernel"}, **vw}
+                rec["compute"] = best
+        products.append(chosen)
+        weights.append(chosen_w)
+        records.append(rec)
+    return products, weights, records
+
+
+def _export(cm: CompactModel, weights: Sequence[dict], products: Sequence, in_shape: tuple,
+            dtype: Any, platforms: Sequence[str] | None) -> tuple[jax_export.Exported, list]:
+    flat, treedef = jax.tree.flatten(list(weights))
+    layers = cm.layers
+
+    def infer(flat_w, x):
+        return apply_compact(layers, jax.tree.unflatten(treedef, flat_w), x, products)
+
+    (b,) = jax_export.symbolic_shape("b")
+    specs = ([jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in flat],
+             jax.ShapeDtypeStruct((b, *in_shape), dtype))
+    exp = jax_export.export(jax.jit(infer), platforms=platforms)(*specs)
+    return exp, [np.asarray(a) for a in flat]
+
+
+def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
+    """``predict(x)`` of an exported directory (what ``load.py`` in it does)."""
+    d = Path(directory)
+    exported = jax_export.deserialize(bytearray((d / "model.jax").read_bytes()))
+    with np.load(d / "weights.npz") as z:
+        flat = [z[f"w{i}"] for i in range(len(z.files))]
+    return _caller(exported, flat)
+
+
+def _caller(exported: jax_export.Exported, flat: Sequence[np.ndarray]) -> Callable:
+    """``predict(x)``: the exported call jitted, its weights on the device once."""
+    weights = [jax.device_put(a) for a in flat]
+    call = jax.jit(exported.call)
+    return lambda x: call(weights, x)
+
+
+def _original_forward(model: Any, params: PyTree, masks: PyTree, aux: PyTree | None,
+                      cm_full: CompactModel) -> Callable[[Any], jax.Array]:
+    """The dense model the artifact came from (masked weights, original widths)."""
+    masked = apply_masks(params, masks)
+    if hasattr(model, "apply"):
+        variables = masked if isinstance(masked, dict) and "params" in masked else {
+            "params": masked, **(aux or {})}
+        f = jax.jit(lambda v, x: model.apply(v, x))
+        return lambda x: f(variables, x)
+    f = jax.jit(apply_compact, static_argnums=0)
+    return lambda x: f(cm_full.layers, cm_full.weights, x)
+
+
+def _accuracy(predict: Callable, test_data: tuple, batch: int = 1024) -> float:
+    x, y = np.asarray(test_data[0]), np.asarray(test_data[1])
+    hits = 0
+    for i in range(0, len(x), batch):
+        hits += int(np.sum(np.argmax(np.asarray(predict(x[i:i + batch])), -1) == y[i:i + batch]))
+    return hits / max(len(x), 1)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _onnx(cm: CompactModel, in_shape: tuple, path: Path) -> None:
+    from jax2onnx import to_onnx  # the export extra
+
+    weights = jax.tree.map(jnp.asarray, list(cm.weights))
+    fn = lambda x: apply_compact(cm.layers, weights, x)  # noqa: E731
+    proto = to_onnx(fn, [("B", *in_shape)], model_name="gpjax_compact")
+    path.write_bytes(proto.SerializeToString())
+
+
+def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.PathLike, *,
+                 example_input: Any, aux: PyTree | None = None,
+                 classes: Sequence[str] | None = None, source: str | None = None,
+                 test_data: tuple[Any, Any] | None = None, format: str = "jax",
+                 batch_sizes: Sequence[int] = (1, 32, 1024), repeats: int = 20,
+                 layers: Sequence[str] | None = None, activation: Activation = "leaky_relu",
+                 platforms: Sequence[str] | None = None, seed: int = 0) -> dict:
+    """Compacts a masked model and writes a JAX-only inference artifact to ``out_dir``.
+
+    Args:
+      model: the model (:class:`~gpjax.models.LeNet300`, :class:`~gpjax.models.LeNet5`; a Flax
+        module or None with ``layers`` for a Dense chain).
+      params: its params (the inner ``params`` dict or full variables ``{"params": ...}``).
+      masks: its masks pytree.
+      out_dir: directory to create; must not exist (nothing is ever overwritten).
+      example_input: a batch ``[B, ...]``: fixes the per-example input shape and dtype.
+      aux: non-parameter variables (batch statistics); must be empty (models with batch norm
+        are not compacted).
+      classes: class names, recorded in the manifest.
+      source: where the model came from (a run directory, a checkpoint), recorded.
+      test_data: ``(x, labels)``: accuracy of the artifact and of the original, recorded.
+      format: ``"jax"`` (``jax.export``) or ``"onnx"`` (also writes ``model.onnx``, the
+        compact dense model with its weights inside, symbolic batch ``B``; needs the ``onnx``
+        extra and jax2onnx, see pyproject.toml).
+      batch_sizes: batch sizes the per-layer choice and the final check are measured at.
+      repeats: timed calls per measurement (medians recorded).
+      layers, activation: a Dense chain's structure, as for :func:`gpjax.compact`.
+      platforms: ``jax.export`` lowering platforms (default: the current backend).
+      seed: seeds the random inputs of the measurements.
+
+    Returns:
+      The manifest (also written to ``out_dir/manifest.json``).
+
+    Raises:
+      ValueError: ``out_dir`` exists; a structure :func:`gpjax.compact` cannot handle; an
+        unknown format or, for ONNX, a missing extra.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise ValueError(f"export: {out} already exists. Fix: choose a new directory or remove it")
+    if format not in ("jax", "onnx"):
+        raise ValueError(f"export: format must be 'jax' or 'onnx', got {format!r}")
+    try:
+        import flatbuffers  # noqa: F401  (jax.export serialization)
+    except ImportError:
+        raise ValueError("export: jax.export serialization needs flatbuffers. Fix: pip install "
+                         "'gpjax-incremental[export]'") from None
+    if format == "onnx":
+        try:
+            import jax2onnx  # noqa: F401
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ValueError("export: format='onnx' needs jax2onnx and onnx. Fix: pip install "
+                             "'gpjax-incremental[onnx]' && pip install --no-deps "
+                             "jax2onnx==0.17.1") from None
+    if aux:
+        raise ValueError(f"export: models with non-parameter state ({sorted(aux)}) are not "
+                         "supported. Fix: export a model without batch norm")
+    x0 = np.asarray(example_input)
+    if x0.ndim < 2:
+        raise ValueError(f"export: example_input must be a batch [B, ...], got shape {x0.shape}")
+    in_shape, dtype = tuple(x0.shape[1:]), x0.dtype
+    cm = compact(params, masks, model, layers=layers, activation=activation)
+    cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
+    rng = np.random.default_rng(seed)
+    products, weights, layer_recs = _choose_layers(cm, batch_sizes, repeats, rng)
+    original = _original_forward(model, params, masks, aux, cm_full)
+
+    candidates = {"chosen": (weights, products)}
+    if any(p is not None for p in products):
+        candidates["dense"] = (list(cm.weights), [None] * len(products))
+    built = {n: _export(cm, w, p, in_shape, dtype, platforms) for n, (w, p) in candidates.items()}
+    callers = {n: _caller(exp, flat) for n, (exp, flat) in built.items()}
+    timing: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = jnp.asarray(rng.standard_normal((b, *in_shape)).astype(dtype))
+        fns = {"original": lambda x=x: original(x)}
+        for n, f in callers.items():
+            fns[n] = lambda x=x, f=f: f(x)
+        for n, s in time_calls(fns, repeats).items():
+            timing.setdefault(n, {})[str(b)] = _median_us(s)
+    ok = [n for n in built
+          if all(timing[n][str(b)] <= timing["original"][str(b)] for b in batch_sizes)]
+    name = min(ok or list(built), key=lambda n: sum(timing[n].values()))
+    if name != "chosen":
+        for rec in layer_recs:
+            rec["compute"] = "dense"
+    exp, flat = built[name]
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "model.jax").write_bytes(exp.serialize())
+        save_npz(tmp / "weights.npz", {f"w{i}": a for i, a in enumerate(flat)})
+        (tmp / "load.py").write_text(LOADER)
+        if format == "onnx":
+            _onnx(cm, in_shape, tmp / "model.onnx")
+        counts = count_params(masks)
+        accuracy = None
+        if test_data is not None:
+            accuracy = {"artifact": _accuracy(load_artifact(tmp), test_data),
+                        "original": _accuracy(original, test_data),
+                        "examples": int(len(test_data[0]))}
+        artifact_macs = 0
+        for layer, w, rec in zip(cm.layers, cm.weights, layer_recs):
+            macs, pos = layer_macs(layer, w["kernel"].shape)
+            rec["macs"] = macs if rec["compute"] == "dense" else rec["nonzero"] * pos
+            artifact_macs += rec["macs"]
+        active_macs = sum(int(np.count_nonzero(w["kernel"]))
+                          * layer_macs(layer, w["kernel"].shape)[1]
+                          for layer, w in zip(cm_full.layers, cm_full.weights))
+        y = np.asarray(load_artifact(tmp)(x0[:2]))
+        manifest = {
+            "format": "gpjax-export/1",
+            "files": {"function": "model.jax", "weights": "weights.npz", "loader": "load.py",
+                      **({"onnx": "model.onnx"} if format == "onnx" else {})},
+            "input": {"shape": [None, *in_shape], "dtype": str(dtype)},
+            "output": {"shape": [None, *y.shape[1:]], "dtype": str(y.dtype)},
+            "classes": list(classes) if classes is not None else None,
+            "parameters": {"dense": counts.dense, "active": counts.active,
+                           "compact_dense": cm.num_params(), "compact_nonzero": cm.nonzero(),
+                           "artifact_arrays": int(sum(a.size for a in flat))},
+            "density": counts.active / max(counts.dense, 1),
+            "macs_per_example": {"dense": cm_full.macs(), "active": active_macs,
+                                 "compact_dense": cm.macs(), "artifact": artifact_macs},
+            "layers": [{"source": s, **r} for s, r in zip(cm.source_kernels, layer_recs)],
+            "timings_us": {"batch_sizes": list(batch_sizes), "repeats": repeats,
+                           "median": timing, "chosen": name,
+                           "never_slower": name in ok},
+            "accuracy": accuracy,
+            "source": source,
+            "versions": {"gpjax": _version("gpjax-incremental"), "jax": jax.__version__,
+                         "jaxlib": _version("jaxlib")},
+            "platforms": list(exp.platforms),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def export_from_state(model: Any, params: PyTree, masks: PyTree, aux: PyTree | None,
+                      out_dir: str | os.PathLike, *, example_input: Any, **kwargs: Any) -> dict:
+    """:func:`export_model` for a state loaded from a store, run or checkpoint (the CLI's
+    entry point): ``(model, params, masks, aux)`` as a :class:`~gpjax.train.TrainState` holds
+    them; keyword arguments as :func:`export_model`."""
+    return export_model(model, params, masks, out_dir, example_input=example_input, aux=aux,
+                        **kwargs)

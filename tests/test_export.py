@@ -1,0 +1,150 @@
+"""gpjax.export_model: a directory that loads with JAX alone and computes the masked model's
+outputs; sparse products equal dense ones; bad input fails before anything is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpjax
+from gpjax.export.sparse import sparse_variants
+from gpjax.models import LeNet300, ResNet18
+
+SIZES = {"fc1": (784, 32), "fc2": (32, 16), "fc3": (16, 10)}
+
+
+def _state(seed=0, density=0.05):
+    rng = np.random.default_rng(seed)
+    params = {n: {"kernel": rng.normal(0, 0.3, s).astype(np.float32),
+                  "bias": rng.normal(0, 0.3, s[1]).astype(np.float32)} for n, s in SIZES.items()}
+    masks = jax.tree.map(lambda p: rng.random(p.shape) < density if p.ndim == 2 else None, params)
+    masks["fc2"]["kernel"][:, :4] = False  # dead units: compact removes them
+    return params, masks
+
+
+def _masked_forward(params, masks, x):
+    model = LeNet300(hidden=(32, 16))
+    return np.asarray(model.apply({"params": gpjax.apply_masks(params, masks)}, x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    params, masks = _state()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 784)).astype(np.float32)
+    ref = _masked_forward(params, masks, x)
+    y = np.argmax(ref, -1)
+    y[:16] = (y[:16] + 1) % 10  # 75% accuracy by construction
+    out = tmp_path_factory.mktemp("exp") / "artifact"
+    manifest = gpjax.export_model(
+        LeNet300(hidden=(32, 16)), params, masks, out, example_input=x[:2],
+        classes=list("abcdefghij"), source="test-run/round-3", test_data=(x, y),
+        batch_sizes=(1, 4), repeats=2)
+    return out, manifest, params, masks, x, ref
+
+
+def test_manifest_records_what_a_user_needs(exported):
+    out, manifest, params, masks, _, _ = exported
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["input"] == {"shape": [None, 784], "dtype": "float32"}
+    assert manifest["output"]["shape"] == [None, 10]
+    assert manifest["classes"] == list("abcdefghij") and manifest["source"] == "test-run/round-3"
+    c = gpjax.count_params(masks)
+    assert manifest["parameters"]["active"] == c.active
+    assert manifest["parameters"]["dense"] == c.dense
+    assert manifest["density"] == pytest.approx(c.active / c.dense)
+    macs = manifest["macs_per_example"]
+    assert macs["dense"] == 784 * 32 + 32 * 16 + 16 * 10 and macs["active"] == c.active
+    assert macs["compact_dense"] < macs["dense"]
+    assert manifest["accuracy"] == {"artifact": 0.75, "original": 0.75, "examples": 64}
+    assert manifest["versions"]["jax"] == jax.__version__ and manifest["versions"]["jaxlib"]
+    t = manifest["timings_us"]
+    assert set(t["median"]["original"]) == {"1", "4"} and t["chosen"] in t["median"]
+    for layer in manifest["layers"]:
+        if layer["compute"] != "dense":  # sparse only where measured faster at every batch
+            tl = layer["timings_us"]
+            assert all(tl[layer["compute"]][b] < tl["dense"][b] for b in ("1", "4"))
+
+
+def test_artifact_loads_with_jax_alone_and_matches_the_masked_model(exported, tmp_path):
+    out, _, _, _, x, ref = exported
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", ref)
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("gpjax", "flax"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(out)!r})
+        import numpy as np
+        from load import load
+        predict = load({str(out)!r})
+        x, ref = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'ref.npy')!r})
+        y1, y64 = np.asarray(predict(x[:1])), np.asarray(predict(x))
+        assert not any(m.split(".")[0] in ("gpjax", "flax") for m in sys.modules)
+        print(float(np.abs(y64 - ref).max()), float(np.abs(y1 - ref[:1]).max()))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    err64, err1 = map(float, run.stdout.split())
+    assert err64 <= 1e-5 and err1 <= 1e-5
+    # the blocker works: importing gpjax there fails
+    blocked = subprocess.run([sys.executable, "-c", script.replace("import numpy as np",
+                                                                   "import gpjax", 1)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert blocked.returncode != 0 and "blocked: gpjax" in blocked.stderr
+
+
+def test_existing_directory_and_unsupported_models_fail_without_writing(exported, tmp_path):
+    out, _, params, masks, x, _ = exported
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ValueError, match="already exists"):
+        gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, out, example_input=x[:2])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(ValueError, match="residual"):
+        gpjax.export_model(ResNet18(num_classes=10), params, masks, tmp_path / "r",
+                           example_input=x[:2])
+    with pytest.raises(ValueError, match="non-parameter state"):
+        gpjax.export_from_state(LeNet300(), params, masks, {"batch_stats": {}, "x": 1},
+                                tmp_path / "s", example_input=x[:2])
+    with pytest.raises(ValueError, match="format"):
+        gpjax.export_model(LeNet300(), params, masks, tmp_path / "f", example_input=x[:2],
+                           format="tflite")
+    assert not any(tmp_path.iterdir())
+
+
+@settings(max_examples=5, deadline=None)
+@given(n_in=st.integers(1, 30), n_out=st.integers(1, 20), density=st.floats(0.0, 0.5),
+       seed=st.integers(0, 1000))
+def test_sparse_products_equal_the_dense_product(n_in, n_out, density, seed):
+    rng = np.random.default_rng(seed)
+    k = (rng.normal(size=(n_in, n_out)) * (rng.random((n_in, n_out)) < density)).astype(np.float32)
+    x = rng.normal(size=(3, n_in)).astype(np.float32)
+    for name, (w, prod) in sparse_variants(k).items():
+        np.testing.assert_allclose(np.asarray(jax.jit(prod)(x, w)), x @ k, atol=1e-5,
+                                   err_msg=name)
+
+
+@pytest.mark.slow  # ~30 s of CPU, nearly all jax2onnx importing its plugin tree
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    params, masks = _state(seed=2)
+    x = np.random.default_rng(2).normal(size=(5, 784)).astype(np.float32)
+    gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "o", example_input=x,
+                       format="onnx", batch_sizes=(1,), repeats=1)
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["files"]["onnx"]
+    sess = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"))
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    np.testing.assert_allclose(y, _masked_forward(params, masks, x), atol=1e-5)
