@@ -63,6 +63,17 @@ def _recipe(over: dict):
         raise UsageError(f"--set: {e.args[0]}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 1,32,1024, got {text!r}") \
+            from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(c[1] for c in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
@@ -309,12 +320,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     example = np.zeros((1, *got["input_shape"]), np.float32)
     manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
                                  example_input=example, source=got["source"], test_data=test,
-                                 format=args.format)
-    keys = ("parameters", "density", "macs", "test_accuracy")
-    print(_table([{k: manifest.get(k) for k in keys} | {"out": str(out)}],
-                 [("out", "artifact", "{}"), ("parameters", "parameters", "{:,}"),
-                  ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
-                  ("test_accuracy", "test accuracy", "{:.4f}")]))
+                                 format=args.format, batch_sizes=args.batch_sizes,
+                                 repeats=args.repeats)
+    print(_table([{**manifest, "out": str(out)}],
+                 [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
+                  ("parameters.compact_dense", "compact dense params", "{:,}"),
+                  ("macs_per_example.dense", "MACs dense", "{:,}"),
+                  ("macs_per_example.artifact", "MACs artifact", "{:,}"),
+                  ("accuracy.artifact", "test accuracy", "{:.4f}"),
+                  ("timings_us.chosen", "computes", "{}")]))
     return 0
 
 
@@ -336,4 +350,7 @@ def add_export_parser(sub, formatter) -> None:
     x.add_argument("--test", default=None, help="a test .npz: accuracy recorded in the manifest")
     x.add_argument("--format", default="jax", choices=("jax", "onnx"),
                    help="onnx also writes model.onnx (needs the onnx extra)")
+    x.add_argument("--batch-sizes", type=_ints, default=(1, 32, 1024), metavar="B,B,...",
+                   help="batch sizes the per-layer choice is measured at (default 1,32,1024)")
+    x.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     x.set_defaults(func=cmd_export)

@@ -112,6 +112,30 @@ def test_rows_and_files(runs):
         assert len(saved) == 3
 
 
+def test_round_models_saved_and_prune_curve(runs, experiment):
+    """Every round's recoverable and non-recoverable models are kept (``models/``), equal to
+    what the row reports; the row's pruning curve ends at the round's model."""
+    from gpjax.cli_store import load_for_export
+    from gpjax.incremental.loop import load_round_models
+    out, results = runs
+    rows, trace = results["growprune"]
+    d = out / "growprune-seed0"
+    for r, row in enumerate(rows):
+        got = load_round_models(d, r)
+        assert gpjax.count_params(got["recoverable"]["masks"]).active == \
+            row["params_recoverable"]
+        assert gpjax.count_params(got["nonrecoverable"]["masks"]).active == \
+            row["params_nonrecoverable"]
+        assert _masks_equal(got["recoverable"]["masks"], trace[2 * r + 1][2])
+        curve = row["prune_curve"]
+        assert curve[-1]["active"] == row["params_recoverable"]
+        assert curve[-1]["test_error"] == pytest.approx(row["test_error"], abs=1e-4)
+        assert all(a["active"] > b["active"] for a, b in zip(curve, curve[1:]))
+    x = load_for_export(d)  # the last round's non-recoverable model, for `gpjax export`
+    assert gpjax.count_params(x["masks"]).active == rows[-1]["params_nonrecoverable"]
+    assert x["input_shape"] == [28, 28, 1]
+
+
 def test_cost_accounting(runs):
     _, results = runs
     p = make_policy("growprune", get_config(CONFIG).policies["growprune"])

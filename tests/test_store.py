@@ -118,6 +118,30 @@ def test_three_versions_learn_and_stay_sparse(store, files):
         m[2]["params_nonrecoverable"]
 
 
+def test_export_from_store(store, files, tmp_path, capsys):
+    """`gpjax export STORE` writes a JAX-only artifact of LATEST's non-recoverable model whose
+    outputs equal that model's; an existing --out or an unknown version is refused."""
+    from gpjax.export import load_artifact
+    out = tmp_path / "artifact"
+    assert cli.main(["export", str(store.path), "--out", str(out), "--test",
+                     str(files / "test.npz"), "--batch-sizes", "1,64", "--repeats", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"].endswith("version 2")
+    m = store.load()
+    x = np.load(files / "test.npz")["x"][:64]
+    nr = m.nonrecoverable
+    want = m.model.apply({"params": nr["params"], **nr["aux"]}, x, train=False)
+    np.testing.assert_allclose(np.asarray(load_artifact(out)(x)), np.asarray(want), atol=1e-5)
+    assert manifest["parameters"]["active"] == store.manifest()["metrics"][
+        "params_nonrecoverable"]
+    capsys.readouterr()
+    assert cli.main(["export", str(store.path), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert cli.main(["export", str(store.path), "--out", str(tmp_path / "b"),
+                     "--version", "5"]) == 2
+    assert "no version 5" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_promotion_gate_and_rollback(store, files, tmp_path):
     s = ModelStore.open(shutil.copytree(store.path, tmp_path / "copy"))
     # Any rise of the old data's error above -100 points trips the gate.

@@ -186,7 +186,7 @@ def _version(dist: str) -> str | None:
 
 
 def _onnx(cm: CompactModel, in_shape: tuple, path: Path) -> None:
-    from jax2onnx import to_onnx  # the export extra
+    from jax2onnx import to_onnx  # the onnx extra
 
     weights = jax.tree.map(jnp.asarray, list(cm.weights))
     fn = lambda x: apply_compact(cm.layers, weights, x)  # noqa: E731
@@ -240,7 +240,7 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         import flatbuffers  # noqa: F401  (jax.export serialization)
     except ImportError:
         raise ValueError("export: jax.export serialization needs flatbuffers. Fix: pip install "
-                         "'gpjax-incremental[export]'") from None
+                         "flatbuffers (a dependency of gpjax-incremental)") from None
     if format == "onnx":
         try:
             import jax2onnx  # noqa: F401
