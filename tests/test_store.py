@@ -25,6 +25,23 @@ from gpjax.incremental.store import ModelStore, Recipe, StoreError
 
 MODEL_FILE = '''
 import flax.linen as nn
+import jax.numpy as jnp
+
+from gpjax.tasks import Task, classifier_task, classifier_metrics
+
+
+def squared_error_task(model, *, augment, eval_batch_size):
+    """A user's own Task: squared error on one-hot targets (any Task works from Python)."""
+    base = classifier_task(model)
+
+    def loss(params, aux, batch, key):
+        x, y = batch
+        out = model.apply({"params": params}, x, train=True)
+        return jnp.mean((out - jnp.eye(10)[y]) ** 2), aux
+
+    task = base._replace(loss=loss)
+    return task, classifier_metrics(task, eval_batch_size)
+
 
 class TinyMLP(nn.Module):
     width: int = 32
@@ -140,6 +157,17 @@ def test_export_from_store(store, files, tmp_path, capsys):
     assert cli.main(["export", str(store.path), "--out", str(tmp_path / "b"),
                      "--version", "5"]) == 2
     assert "no version 5" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_any_task_by_import_path(files, tmp_path):
+    import jax
+    s = ModelStore.create(tmp_path / "t", model="usermodels:TinyMLP", search_path=files,
+                          task="usermodels:squared_error_task")
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    params, aux = s.task.init(jax.random.PRNGKey(0), (x, None))
+    loss, _ = s.task.loss(params, aux, (x, np.array([1, 2])), jax.random.PRNGKey(1))
+    assert np.isfinite(float(loss)) and ModelStore.open(s.path).spec["task"].endswith(
+        "squared_error_task")
 
 
 def test_promotion_gate_and_rollback(store, files, tmp_path):
