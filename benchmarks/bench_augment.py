@@ -122,15 +122,16 @@ def _augment_epoch(augment: Callable, steps: int, batch: int) -> Callable:
     return run
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (all threads of this process) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn())
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure(n: int = 55_000, batch: int = 128, repeats: int = 5, density: float = 0.1,
-            hidden: Sequence[int] = (300, 100)) -> dict[str, list[float]]:
-    """Seconds per run of every case, ``{case: [seconds, ...]}`` (``repeats`` each).
+            hidden: Sequence[int] = (300, 100)) -> dict[str, list[tuple[float, float]]]:
+    """Seconds per run of every case, ``{case: [(wall s, CPU s), ...]}`` (``repeats`` each).
 
     Args:
       n: training images.
@@ -163,7 +164,7 @@ def measure(n: int = 55_000, batch: int = 128, repeats: int = 5, density: float 
                 lambda fn=fn: fn(jax.random.key(1), x))
     for fn in cases.values():  # compile
         _timed(fn)
-    times: dict[str, list[float]] = {k: [] for k in cases}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
     for _ in range(repeats):
         for k, fn in cases.items():
             times[k].append(_timed(fn))
@@ -177,18 +178,25 @@ def _load() -> str:
         return "n/a"
 
 
-def table(times: dict[str, list[float]]) -> tuple[str, bool]:
-    """The Markdown result table and whether the target holds (by medians)."""
-    med = {k: statistics.median(v) for k, v in times.items()}
-    plain = med["epoch, augment: none"]
-    lines = ["| case | median s | min s | vs plain epoch |", "|---|---:|---:|---:|"]
+def table(times: dict[str, list[tuple[float, float]]]) -> tuple[str, bool]:
+    """The Markdown result table and whether the target holds (by median wall times).
+
+    CPU seconds (user + system of all of this process's threads) are shown beside the wall
+    times: on a machine shared with other jobs they are the steadier measure of the work done.
+    """
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    plain, plain_cpu = med["epoch, augment: none"], cpu["epoch, augment: none"]
+    lines = ["| case | median wall s | min wall s | vs plain (wall) | median CPU s | "
+             "vs plain (CPU) |", "|---|---:|---:|---:|---:|---:|"]
     for k, v in times.items():
-        lines.append(f"| {k} | {med[k]:.3f} | {min(v):.3f} | {med[k] / plain:.2f}x |")
+        lines.append(f"| {k} | {med[k]:.3f} | {min(w for w, _ in v):.3f} | "
+                     f"{med[k] / plain:.2f}x | {cpu[k]:.3f} | {cpu[k] / plain_cpu:.2f}x |")
     new = med["epoch, augment: affine_augment (2x2-window gather)"]
     budget = SLOWDOWN * plain + SLACK_S
     ok = new <= budget
     lines += ["", f"Target: augmented epoch <= {SLOWDOWN} x plain + {SLACK_S} s = {budget:.3f} s; "
-                  f"measured {new:.3f} s: {'met' if ok else 'NOT met'}."]
+                  f"measured {new:.3f} s (median wall): {'met' if ok else 'NOT met'}."]
     return "\n".join(lines) + "\n", ok
 
 

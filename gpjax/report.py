@@ -9,13 +9,21 @@ A *row* is one dict per policy x seed x round::
      "params_nonrecoverable": 9800, # of the optional ultra-compact model (None if not made)
      "epochs": 93.0,                # training cost of this round, epochs normalised to all data
      "epochs_cumulative": 402.0, "wall_time_s": 31.4, "examples": 5_115_000,
+     "prune_curve": [{"active": 60000, "val_error": 1.6, "test_error": 1.5}, ...],
      ...}                           # free extra keys are kept
 
-:func:`write_rows` / :func:`load_rows` store and read them (``results.json`` + ``results.csv``),
-:func:`summarise` averages replicates (mean and standard error over seeds),
-:func:`markdown_table` renders the comparison table in the layout of the patent's FIG. 10,
-:func:`plot_rows` draws error, parameters and cost versus round, and
-:func:`pixel_connection_heatmap` / :func:`pixel_connection_heatmaps` draw FIG. 5.
+``prune_curve`` (optional; older results lack it): the model before the round's recoverable
+pruning and after each held iteration, in order (:mod:`gpjax.matched`).
+
+:func:`write_rows` / :func:`load_rows` store and read them (``results.json`` + ``results.csv``;
+unreadable files are named and skipped), :func:`summarise` averages replicates (mean and
+standard error over seeds), :func:`markdown_table` renders the comparison table in the layout of
+the patent's FIG. 10 followed, for rows with curves, by :func:`matched_size_tables` (errors at
+the paper's size and at matched sizes of each pair of policies), :func:`plot_rows` draws error,
+parameters and cost versus round and :func:`curve_figure` the last round's error-versus-size
+curves. FIG. 5's :func:`pixel_connection_heatmap` / :func:`pixel_connection_heatmaps` live in
+:mod:`gpjax.heatmaps` and are importable from here. Files are written atomically with the
+umask's mode (:mod:`gpjax._files`).
 """
 
 from __future__ import annotations
