@@ -1,0 +1,174 @@
+"""Where a round's wall time goes: training, growth passes, evaluation, checkpoints, compiling.
+
+Runs the first rounds of an experiment config through ``gpjax run``'s loop with every policy
+asked for, with the library's entry points wrapped by timers (for this measurement only):
+training epochs (:meth:`Trainer.epoch`), growth-gradient passes, mask updates (grow / prune),
+validation evaluations (:meth:`Trainer.error`), test evaluations of the pruning curve and of
+the row, checkpoint saves, and XLA compilation (from ``jax.monitoring``; compile time is also
+inside the category that triggered it, so it is reported beside them, not added).
+
+    python -m benchmarks.round_breakdown --config lenet300_mnist --policy growprune,tfs \\
+        --rounds 2 --out benchmarks/results
+
+writes ``round_breakdown_<date>.md`` / ``.json``: per policy and round, seconds and share of
+the round's wall time per category.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+
+from benchmarks.harness import (
+    RESULTS_DIR,
+    command_line,
+    load_average,
+    machine,
+    versions,
+    write_results,
+)
+
+CATEGORIES = ("train", "growth_gradients", "mask_update", "validation", "test", "checkpoint",
+              "other")
+
+
+class Clock:
+    """Seconds per category; a category entered inside another is not counted twice."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.compile_s = 0.0
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def time(self, category: str):
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[category] += time.perf_counter() - t0
+            self._depth -= 1
+
+    def wrap(self, owner, name: str, category: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            with self.time(category):
+                out = fn(*a, **k)
+                jax.block_until_ready(out)
+                return out
+
+        setattr(owner, name, timed)
+
+    def on_event(self, event: str, seconds: float, **_) -> None:
+        if "compil" in event and "backend" in event:
+            self.compile_s += seconds
+
+
+def instrument(clock: Clock) -> None:
+    """Wraps the entry points the loop calls (this process only)."""
+    import gpjax
+    from gpjax.incremental import checkpoint, experiment, loop, phases
+    clock.wrap(phases.Trainer, "epoch", "train")
+    clock.wrap(phases.Trainer, "error", "validation")
+    clock.wrap(phases, "growth_gradients", "growth_gradients")
+    clock.wrap(gpjax, "grow", "mask_update")
+    clock.wrap(gpjax, "prune", "mask_update")
+    clock.wrap(checkpoint.RoundCheckpointer, "save", "checkpoint")
+    clock.wrap(experiment.Experiment, "test_error", "test")
+    original = loop._Run.finish_round
+
+    def finish_round(self, *a, **k):
+        # The row's test metrics are computed through exp.test_metrics, a field: time it here.
+        metrics = self.exp.test_metrics
+
+        def timed(*x):
+            with clock.time("test"):
+                return metrics(*x)
+
+        object.__setattr__(self.exp, "test_metrics", timed)
+        try:
+            return original(self, *a, **k)
+        finally:
+            object.__setattr__(self.exp, "test_metrics", metrics)
+
+    loop._Run.finish_round = finish_round
+    jax.monitoring.register_event_duration_secs_listener(clock.on_event)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="lenet300_mnist")
+    ap.add_argument("--policy", default="growprune,tfs")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--epoch-scale", type=float, default=1.0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--suffix", default="")
+    args = ap.parse_args(argv)
+    from gpjax.cli import resolve
+    from gpjax.incremental import build, run
+    cfg, pols = resolve(args.config, args.policy.split(","), args.set, args.rounds,
+                        args.epoch_scale)
+    clock = Clock()
+    instrument(clock)
+    exp = build(cfg, 0)
+    res = {"command": command_line("benchmarks.round_breakdown", argv), "machine": machine(),
+           "versions": versions(), "load_start": load_average(), "rounds": []}
+    for pol in pols:
+        with tempfile.TemporaryDirectory() as tmp:
+            marks = {"seconds": dict(clock.seconds), "compile": clock.compile_s,
+                     "t": time.perf_counter()}
+
+            def on_round(event, r, state, carry, pol=pol, marks=marks):
+                if event != "round_end":
+                    return
+                now = time.perf_counter()
+                row = {"policy": pol.name, "round": r, "wall_s": now - marks["t"],
+                       "compile_s": clock.compile_s - marks["compile"]}
+                for c in CATEGORIES[:-1]:
+                    row[c] = clock.seconds[c] - marks["seconds"].get(c, 0.0)
+                row["other"] = row["wall_s"] - sum(row[c] for c in CATEGORIES[:-1])
+                res["rounds"].append(row)
+                marks.update(seconds=dict(clock.seconds), compile=clock.compile_s, t=now)
+
+            run(exp, pol, 0, tmp, progress=False, callback=on_round)
+    res["load_end"] = load_average()
+    md = markdown(res)
+    print(md)
+    write_results(args.out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{args.suffix}", res,
+                  md)
+    return res
+
+
+def markdown(res: dict) -> str:
+    head = ["policy", "round", "wall s", *CATEGORIES, "compile s (inside)"]
+    lines = [f"# Where a round's wall time goes ({time.strftime('%Y-%m-%d %H:%M UTC')})", "",
+             f"Command: `{res['command']}`", "", f"Machine: {res['machine']}; load average "
+             f"at start {res['load_start']}, at end {res.get('load_end')}.", "",
+             "Seconds and share of the round's wall time (the callback that ends a round runs "
+             "after its row and checkpoints; the next round's start state is counted in it).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["rounds"]:
+        cells = [r["policy"], str(r["round"]), f"{r['wall_s']:.1f}"]
+        cells += [f"{r[c]:.1f} ({100 * r[c] / r['wall_s']:.0f}%)" for c in CATEGORIES]
+        cells.append(f"{r['compile_s']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
