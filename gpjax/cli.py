@@ -252,7 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gpjax.report import markdown_table
     rows = _load(args.paths)
     if not rows:
-        print("no results.json found under " + ", ".join(args.paths), file=sys.stderr)
+        print("no readable results.json under " + ", ".join(args.paths), file=sys.stderr)
         return 1
     text = markdown_table(rows)
     if args.out:
@@ -274,7 +274,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     rows = _load(args.paths)
     if not rows:
-        print("no results.json found under " + ", ".join(args.paths), file=sys.stderr)
+        print("no readable results.json under " + ", ".join(args.paths), file=sys.stderr)
         return 1
     out = Path(args.out or args.paths[0])
     for p in plot_rows(rows, out):

@@ -57,6 +57,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gpjax._files import atomic_write_text
+
 PyTree = Any
 
 logger = logging.getLogger(__name__)
@@ -127,15 +129,6 @@ def config_diff(old: Any, new: Any) -> list[str]:
         if va != vb:
             lines.append(f"{k}: old={va!r} new={vb!r}")
     return lines
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- tree helpers
@@ -260,7 +253,7 @@ class RoundCheckpointer:
 
     def _write_config(self) -> None:
         if self._primary and not self.config_path.exists():
-            _atomic_write_text(self.config_path,
+            atomic_write_text(self.config_path,
                                json.dumps(self.config, sort_keys=True, indent=1) + "\n")
 
     # -- listing

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 import gpjax
+from gpjax._files import atomic_write_text
 from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
 from gpjax.incremental.checkpoint import RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
@@ -118,12 +119,6 @@ class LoadedModel:
     state: TrainState
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _vname(v: int) -> str:
     return f"{v:04d}"
 
@@ -193,7 +188,7 @@ class ModelStore:
         path.mkdir(parents=True, exist_ok=True)
         (path / VERSIONS).mkdir()
         DirectoryLock(path).path.touch()  # later commands leave the store's files as they were
-        _atomic_write(path / STORE_FILE, json.dumps(spec, indent=1) + "\n")
+        atomic_write_text(path / STORE_FILE, json.dumps(spec, indent=1) + "\n")
         return store
 
     @classmethod
@@ -249,7 +244,7 @@ class ModelStore:
     def promote(self, version: int) -> None:
         """Points ``LATEST`` at ``version`` (roll back or forward)."""
         with DirectoryLock(self.path, what="model store command"):
-            _atomic_write(self.path / LATEST, _vname(self._version(version)) + "\n")
+            atomic_write_text(self.path / LATEST, _vname(self._version(version)) + "\n")
 
     # ------------------------------------------------------------------------- load
     def _template(self) -> dict:
@@ -397,9 +392,9 @@ class ModelStore:
                     raise StoreError(f"the interrupted update in {work} was for other data or "
                                      "settings; rerun it with the same command, or delete "
                                      f"{work}")
-            _atomic_write(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
+            atomic_write_text(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
             work.mkdir(exist_ok=True)
-            _atomic_write(work / "job.json", json.dumps(job["record"], indent=1))
+            atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
             manifest = self._run(job, work, progress, t_start, max_forgetting)
             shutil.rmtree(work)
             return manifest
@@ -523,7 +518,7 @@ class ModelStore:
                     "prune_curve": log.prune_curve, "stopped": log.stopped}
         self._write_version(rec["version"], state, carry_next, nonrec, manifest)
         if promoted:
-            _atomic_write(self.path / LATEST, _vname(rec["version"]) + "\n")
+            atomic_write_text(self.path / LATEST, _vname(rec["version"]) + "\n")
         return manifest
 
     def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
