@@ -231,6 +231,5 @@ def grow(
                 raise M.nonfinite_error("grads", name, "find the source of the non-finite "
                                         "loss, or pass nonfinite='skip' to treat those entries "
                                         "as zero")
-    for i, p, m in zip(idx, new_p, new_m):
-        pflat[i], mflat[i] = p, m
-    return treedef.unflatten(pflat), treedef.unflatten(mflat)
+    return (treedef.unflatten(M.merge_leaves(pflat, idx, new_p)),
+            treedef.unflatten(M.merge_leaves(mflat, idx, new_m)))

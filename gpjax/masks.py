@@ -186,6 +186,15 @@ def masked_leaves(masks: PyTree, *trees: PyTree) -> list[tuple[str, jax.Array, t
             for i, (p, m) in enumerate(mflat) if m is not None]
 
 
+def merge_leaves(flat: list[Any], idx: list[int], new: list[Any]) -> list[Any]:
+    """``flat`` with ``new[j]`` at ``idx[j]``; other numpy leaves become jax arrays (as a jitted
+    update would return them; a train step then sees one signature), non-arrays pass through."""
+    out = [jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in flat]
+    for i, x in zip(idx, new):
+        out[i] = x
+    return out
+
+
 def check_bool_masks(masks: PyTree) -> None:
     """Raises ValueError, naming the leaf, unless every mask leaf is a boolean array."""
     for name, m, _ in masked_leaves(masks):

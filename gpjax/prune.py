@@ -136,6 +136,5 @@ def prune(
             if not ok:
                 raise M.nonfinite_error("params", name, "the run diverged before pruning "
                                         "(lower the learning rate, check the loss)")
-    for i, p, m in zip(idx, new_p, new_m):
-        pflat[i], mflat[i] = p, m
-    return treedef.unflatten(pflat), treedef.unflatten(mflat)
+    return (treedef.unflatten(M.merge_leaves(pflat, idx, new_p)),
+            treedef.unflatten(M.merge_leaves(mflat, idx, new_m)))

@@ -18,6 +18,10 @@ bits locates the bin holding the k-th value, then a 2^15-bin histogram of the lo
 that bin finishes it. Both passes are scatter-adds, fused by XLA; the search works on several
 tensors at once (their histograms add up), which gives the global (cross-tensor) threshold
 without concatenating them.
+
+:func:`select` turns a threshold into the exact set: when magnitudes tie at it, it keeps
+numpy's count (the set's size without ties) and breaks the ties by position (tensor, then flat
+index), as a stable sort would.
 """
 
 from __future__ import annotations
