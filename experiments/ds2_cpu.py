@@ -16,6 +16,14 @@ many epochs that lasts varies with the recipe and the seed (the committed runs i
 ``experiments/results/ds2_cpu*/`` left it after 9 and 6 epochs; 424-848 steps through ``gpjax
 run`` with other learning rates did not leave it, see experiments/README.md).
 
+Levers for the CPU-scale search (experiments/results/ds2_probes.md): ``--corpus-kwargs``
+(merged into :func:`gpjax.data.speech.load_synthetic_an4`'s arguments: ``n_train``, ``voices``,
+``rate_wpm``, ``snr_db``; ``'"easy"'`` for :data:`EASY_CORPUS`), ``--buckets K`` (each epoch
+runs over K length buckets of the training utterances, each cut to its own longest utterance:
+less padding, so cheaper recurrent scans; one compilation per bucket), ``--sortagrad`` (the
+first epoch's buckets shortest first), ``--blank-bias`` (the initial output bias of the CTC
+blank), ``--model-kwargs '{"cell": "lstm"}'`` (plain LSTM cells).
+
 Writes ``runs.json`` (settings, per-epoch curve, test figures, wall times), ``curve.csv``,
 ``summary.md`` and ``ds2_cpu.png`` (loss and validation CER/WER per epoch) to ``--out``, after
 every epoch (a stopped run keeps its curve).
@@ -32,10 +40,15 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
+from gpjax.data.speech import BLANK_ID
 from gpjax.incremental import build, get_config
 from gpjax.masks import count_params, init_masks
 from gpjax.train import TrainState, cosine_rates, make_optimizer, steps_per_epoch, train_epoch
+
+EASY_CORPUS = {"voices": ["en-us"], "rate_wpm": [150, 170], "snr_db": [30.0, 40.0]}
+"""An easier synthetic corpus for probing: one voice, a narrow speaking rate, little noise."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,8 +65,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-kwargs", type=json.loads, default={},
                    help='JSON merged into the config\'s model arguments, e.g. '
                         '\'{"conv_strides": [[2, 2], [2, 1], [1, 1]]}\' for a 4x time stride')
+    p.add_argument("--corpus-kwargs", type=json.loads, default={},
+                   help='JSON merged into the corpus arguments, e.g. \'{"n_train": 2000, '
+                        '"voices": ["en-us"]}\' or \'"easy"\' for EASY_CORPUS')
+    p.add_argument("--buckets", type=int, default=1,
+                   help="length buckets per epoch (1: every batch padded to the longest "
+                        "utterance of the split)")
+    p.add_argument("--sortagrad", action="store_true",
+                   help="first epoch: buckets shortest first (SortaGrad); later epochs random")
+    p.add_argument("--blank-bias", type=float, default=None,
+                   help="initial output bias of the CTC blank (default: the dense layer's 0)")
     p.add_argument("--tiny", action="store_true", help="the tiny corpus and model (tests)")
     return p.parse_args(argv)
+
+
+def length_buckets(data: tuple, k: int, batch_size: int, multiple: int = 16) -> list[tuple]:
+    """The training arrays split into ``k`` buckets of similar length, each cut in time.
+
+    Args:
+      data: ``(features [N, T, F], feature_paddings [N, T], labels, label_paddings)``.
+      k: buckets (1: the data unchanged).
+      batch_size: every bucket gets at least one full batch.
+      multiple: each bucket's frames are its longest utterance rounded up to this.
+
+    Returns:
+      ``k`` (or fewer) tuples like ``data``, utterances sorted by length into contiguous groups
+      of about ``N / k``, frames cut to ``ceil(longest / multiple) * multiple``.
+    """
+    if k <= 1:
+        return [data]
+    lengths = np.sum(1.0 - np.asarray(data[1]), axis=1).astype(int)
+    order = np.argsort(lengths, kind="stable")
+    k = max(1, min(k, len(order) // batch_size))
+    out = []
+    for part in np.array_split(order, k):
+        frames = min(data[0].shape[1], -(-int(lengths[part].max()) // multiple) * multiple)
+        part = np.sort(part)
+        out.append((data[0][part, :frames], data[1][part, :frames], data[2][part],
+                    data[3][part]))
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -87,7 +137,10 @@ def write_outputs(out: Path, run: dict) -> None:
         w.writerows(rows)
     lines = [f"# {run['config']}: dense training on the synthetic corpus", "",
              f"Command: `{run['command']}`", "",
-             f"Model arguments: `{json.dumps(run['model_kwargs'])}`.", "",
+             f"Model arguments: `{json.dumps(run['model_kwargs'])}`; corpus arguments: "
+             f"`{json.dumps(run.get('corpus_kwargs', {}))}`; length buckets (frames): "
+             f"{run.get('buckets')} ({100 * run.get('padding_fraction', 0):.0f}% padding); "
+             f"blank bias {run.get('blank_bias')}.", "",
              f"{run['params']:,} parameters; {run['n_train']} training, {run['n_validation']} "
              f"validation, {run['n_test']} test utterances; batch {run['batch_size']}, Adam "
              f"peak lr {run['lr']:g} (cosine over {run['epochs']} epochs), seed {run['seed']}.",
@@ -108,28 +161,48 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m experiments.ds2_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
     name = "ds2_hlstm_synthetic_tiny" if args.tiny else "ds2_hlstm_synthetic_small"
     base = get_config(name)
+    corpus = EASY_CORPUS if args.corpus_kwargs == "easy" else args.corpus_kwargs
     cfg = dataclasses.replace(base, chunks=1, initial_chunks=1, rounds=1,
-                              model_kwargs={**base.model_kwargs, **args.model_kwargs})
+                              model_kwargs={**base.model_kwargs, **args.model_kwargs},
+                              dataset_kwargs={**base.dataset_kwargs, **corpus})
     exp = build(cfg)
     train, val, test = exp.scenario.train, exp.scenario.validation, exp.scenario.test
     params, aux = exp.task.init(jax.random.key(args.seed), exp.example_batch)
+    if args.blank_bias is not None:
+        params = {**params, "fc": {**params["fc"],
+                                   "bias": params["fc"]["bias"].at[BLANK_ID].set(args.blank_bias)}}
     masks = init_masks(params)
     tx = make_optimizer(cfg.optimizer)
     state = TrainState(params, masks, aux, tx.init(params), jax.random.key(args.seed + 1))
     n = len(train[0])
-    steps = steps_per_epoch(n, args.batch_size)
+    buckets = length_buckets(train, args.buckets, args.batch_size)
+    bucket_steps = [steps_per_epoch(len(b[0]), args.batch_size) for b in buckets]
+    steps = sum(bucket_steps)
+    padded = sum(b[0].shape[0] * b[0].shape[1] for b in buckets)
     run = {"command": command, "config": name, "params": count_params(masks).active,
            "n_train": n, "n_validation": len(val[0]), "n_test": len(test[0]),
            "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
            "seed": args.seed, "model_kwargs": cfg.model_kwargs,
+           "corpus_kwargs": corpus, "buckets": [int(b[0].shape[1]) for b in buckets],
+           "padding_fraction": 1.0 - float(np.sum(1.0 - train[1])) / padded,
+           "blank_bias": args.blank_bias, "sortagrad": args.sortagrad,
            "optimizer": dataclasses.asdict(cfg.optimizer), "curve": []}
     t0, train_s = time.perf_counter(), 0.0
     for e in range(args.epochs):
         t = time.perf_counter()
-        rates = cosine_rates(args.lr, steps, start=e * steps, total=args.epochs * steps)
-        state, loss = train_epoch(state, train, rates, task=exp.task, tx=tx,
-                                  batch_size=args.batch_size)
-        loss = float(loss)
+        start, losses = e * steps, []
+        # The buckets in a seeded random order each epoch (one bucket's batches, then the next);
+        # with --sortagrad the first epoch goes from the shortest bucket to the longest.
+        order = (np.arange(len(buckets)) if args.sortagrad and e == 0
+                 else np.random.default_rng([args.seed, e]).permutation(len(buckets)))
+        for b in order:
+            rates = cosine_rates(args.lr, bucket_steps[b], start=start,
+                                 total=args.epochs * steps)
+            start += bucket_steps[b]
+            state, loss = train_epoch(state, buckets[b], rates, task=exp.task, tx=tx,
+                                      batch_size=args.batch_size)
+            losses.append(float(loss) * bucket_steps[b])
+        loss = sum(losses) / steps
         train_s += time.perf_counter() - t
         m = exp.test_metrics(state.params, state.aux, val)
         row = {"epoch": e + 1, "steps": (e + 1) * steps, "train_loss": loss,

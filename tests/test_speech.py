@@ -455,6 +455,53 @@ def test_synthetic_corpus_is_not_trivial(tmp_path):
             assert -(-int(s.feature_lengths[i]) // 2) >= need
 
 
+def test_synthetic_conditions_narrow_the_voices_and_rates(tmp_path):
+    _needs_espeak()
+    kw = {"n_train": 3, "n_test": 1, "n_validation": 1, "seed": 2, "cache_dir": tmp_path}
+    easy = load_synthetic_an4(voices=["en-us"], rate_wpm=(150, 150), snr_db=(35.0, 35.0), **kw)
+    plans = [synthetic._plan(2, "train", i, (35.0, 35.0), ["en-us"], (150, 150))
+             for i in range(3)]
+    assert {p.job["voice"] for p in plans} == {"en-us"} and {p.job["rate"] for p in plans} == {150}
+    default = load_synthetic_an4(**kw)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # the conditions are part of the cache key
+    # same transcripts (drawn before the voice), different audio
+    assert easy.train.transcripts == default.train.transcripts
+    assert not np.array_equal(easy.test.features, default.test.features)
+    with pytest.raises(ValueError, match="voices='en-us' must be a non-empty sequence"):
+        load_synthetic_an4(voices="en-us", **kw)
+    with pytest.raises(ValueError, match="rate_wpm"):
+        load_synthetic_an4(rate_wpm=(200, 100), **kw)
+
+
+def test_lengths_to_paddings_numpy_and_jax_agree():
+    lengths = np.array([0, 2, 5])
+    want = np.array([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], np.float32)
+    got_np = speech.lengths_to_paddings(lengths, 4)
+    assert isinstance(got_np, np.ndarray) and got_np.dtype == np.float32
+    np.testing.assert_array_equal(got_np, want)
+    got_jax = jax.jit(speech.lengths_to_paddings, static_argnums=1)(jnp.asarray(lengths), 4)
+    assert isinstance(got_jax, jax.Array)
+    np.testing.assert_array_equal(np.asarray(got_jax), want)
+    import gpjax.models.deepspeech2 as ds2  # one definition, shared with the models
+    assert ds2.lengths_to_paddings is speech.lengths_to_paddings and ds2.BLANK_ID is BLANK_ID
+
+
+def test_length_buckets_cut_padding_and_keep_every_utterance():
+    from experiments.ds2_cpu import length_buckets
+    lengths = np.array([5, 40, 12, 33, 7, 20, 64, 9])
+    split = make_speech_split([np.ones((n, 2), np.float32) * n for n in lengths],
+                              ["a"] * len(lengths))
+    data = (split.features, split.feature_paddings(), split.labels, split.label_paddings())
+    buckets = length_buckets(data, 2, batch_size=2, multiple=8)
+    assert [b[0].shape[1] for b in buckets] == [16, 64]
+    got = sorted(int(n) for b in buckets for n in np.sum(1 - b[1], axis=1))
+    assert got == sorted(lengths.tolist())
+    for f, p, _, _ in buckets:  # each utterance's frames are kept whole
+        n = np.sum(1 - p, axis=1).astype(int)
+        np.testing.assert_array_equal(f[:, 0, 0], n)
+    assert length_buckets(data, 1, batch_size=2)[0] is data
+
+
 def test_missing_espeak_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import now raises ImportError
     with pytest.raises(DataUnavailableError, match=r"pip install 'espeakng-loader"):
