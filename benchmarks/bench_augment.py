@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -41,6 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpjax
+from benchmarks.harness import (
+    RESULTS_DIR,
+    command_line,
+    load_average,
+    machine,
+    versions,
+    write_results,
+)
 from gpjax.data.augment import AffineConfig, _inverse_maps, affine_augment
 from gpjax.models import LeNet300
 from gpjax.train import (
@@ -52,7 +57,6 @@ from gpjax.train import (
     train_epoch,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The target of issue 11: augmented epoch <= SLOWDOWN x plain epoch + SLACK_S.
 SLOWDOWN, SLACK_S = 1.1, 0.25
 
@@ -171,13 +175,6 @@ def measure(n: int = 55_000, batch: int = 128, repeats: int = 5, density: float 
     return times
 
 
-def _load() -> str:
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def table(times: dict[str, list[tuple[float, float]]]) -> tuple[str, bool]:
     """The Markdown result table and whether the target holds (by median wall times).
 
@@ -214,29 +211,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tiny:
         args.n, args.batch, args.repeats = 512, 64, min(args.repeats, 2)
     hidden = (32, 16) if args.tiny else (300, 100)
-    load_start = _load()
+    load_start = load_average()
     started = datetime.datetime.now(datetime.UTC)
     times = measure(n=args.n, batch=args.batch, repeats=args.repeats, hidden=hidden)
-    text, _ = table(times)
-    command = "python -m benchmarks.bench_augment " + shlex.join(
-        sys.argv[1:] if argv is None else list(argv))
+    text, ok = table(times)
+    command = command_line("benchmarks.bench_augment", argv)
     doc = (f"# Affine augmentation in a masked training epoch\n\n"
-           f"Command: `{command.strip()}`  \n"
+           f"Command: `{command}`  \n"
            f"Started {started:%Y-%m-%d %H:%M} UTC; load average (1/5/15 min) {load_start} at "
-           f"start, {_load()} at end; {os.cpu_count()} CPUs "
-           f"({platform.processor() or platform.machine()}), "
-           f"JAX {jax.__version__} on {jax.default_backend()}. Timings were taken while other "
-           f"jobs ran on the machine.\n\n"
+           f"start, {load_average()} at end. Machine: {machine()}.\n\n"
            f"LeNet-300-100 {'x'.join(map(str, hidden))}, masks at density 0.1, SGD-Nesterov, "
            f"{args.n} random images of MNIST shape, batch {args.batch}; median and min over "
            f"{args.repeats} runs after a warm-up, cases round-robin.\n\n" + text)
     print(doc)
     out = Path(args.out) if args.out else (None if args.tiny else RESULTS_DIR)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bench_augment_{started:%Y-%m-%d}{'_tiny' if args.tiny else ''}.md"
-        path.write_text(doc)
-        print(f"wrote {path}")
+        stem = f"bench_augment_{started:%Y-%m-%d}{'_tiny' if args.tiny else ''}"
+        res = {"command": command, "machine": machine(), "versions": versions(),
+               "load_start": load_start, "load_end": load_average(), "target_met": ok,
+               "times_wall_cpu_s": times}
+        print(f"wrote {write_results(out, stem, res, doc)}.md")
     return 0
 
 
