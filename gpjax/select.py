@@ -187,7 +187,6 @@ def select(
     p = jnp.asarray(percentile, jnp.float32)
     ok = ~jnp.isnan(p)
     p = jnp.clip(jnp.where(ok, p, 0.0), 0.0, 100.0)
-    mags = [_abs32(x) for x in values]
     groups = [list(range(len(values)))] if scope == "global" else [[i] for i in range(len(values))]
     cut, want = [None] * len(values), [None] * len(values)
     near, excess = [], []
@@ -199,11 +198,14 @@ def select(
         w = (n - k) if upper else jnp.minimum(k + 1, n)
         for i in g:
             cut[i], want[i] = t, w
-            near.append(valid[i] & ((mags[i] >= t) if upper else (mags[i] <= t)))
+            a = _abs32(values[i])
+            near.append(valid[i] & ((a >= t) if upper else (a <= t)))
         excess.append(sum(jnp.sum(near[i], dtype=jnp.int32) for i in g) > w)
 
     def untie(near: list[jax.Array]) -> list[jax.Array]:
-        strict = [v & ((a > t) if upper else (a < t)) for a, v, t in zip(mags, valid, cut)]
+        # |x| recomputed here, not captured: captured operands of a cond are materialized.
+        strict = [v & ((_abs32(x) > t) if upper else (_abs32(x) < t))
+                  for x, v, t in zip(values, valid, cut)]
         tie = [s & ~st for s, st in zip(near, strict)]
         n_strict = [jnp.sum(st, dtype=jnp.int32) for st in strict]
         n_tie = [jnp.sum(t, dtype=jnp.int32) for t in tie]

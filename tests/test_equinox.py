@@ -147,7 +147,7 @@ def _weights(model):
 
 
 def test_whole_equinox_model_with_function_leaves():
-    model = _mlp()
+    model = _mlp(16)  # the shapes of test_whole_core_api_on_equinox[mlp]: its compilations
     masks = gpjax.init_masks(model, density=0.5, key=jax.random.key(0))
     model = gpjax.apply_masks(model, masks)
     q, m = gpjax.prune(model, masks, percentile=20, layout="torch", input_fed=_MLP_FED)
