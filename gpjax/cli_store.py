@@ -318,10 +318,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         test = read_data(args.test, input_shape=got["input_shape"],
                          num_classes=got["num_classes"]).arrays
     example = np.zeros((1, *got["input_shape"]), np.float32)
+    layers = {}
+    if args.layers:  # a user's Dense chain: kernel paths in order
+        layers = {"layers": [t.strip() for t in args.layers.split(",")],
+                  "activation": args.activation}
     manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
                                  example_input=example, source=got["source"], test_data=test,
                                  format=args.format, batch_sizes=args.batch_sizes,
-                                 repeats=args.repeats)
+                                 repeats=args.repeats, **layers)
     print(_table([{**manifest, "out": str(out)}],
                  [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
                   ("parameters.compact_dense", "compact dense params", "{:,}"),
@@ -350,6 +354,11 @@ def add_export_parser(sub, formatter) -> None:
     x.add_argument("--test", default=None, help="a test .npz: accuracy recorded in the manifest")
     x.add_argument("--format", default="jax", choices=("jax", "onnx"),
                    help="onnx also writes model.onnx (needs the onnx extra)")
+    x.add_argument("--layers", default=None, metavar="PATH,PATH,...",
+                   help="your own model as a chain of Dense layers: its kernel paths in order "
+                        "(e.g. Dense_0/kernel,Dense_1/kernel); the zoo's LeNets need none")
+    x.add_argument("--activation", default="leaky_relu",
+                   help="the activation between the --layers (default leaky_relu)")
     x.add_argument("--batch-sizes", type=_ints, default=(1, 32, 1024), metavar="B,B,...",
                    help="batch sizes the per-layer choice is measured at (default 1,32,1024)")
     x.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")

@@ -141,7 +141,8 @@ def test_export_from_store(store, files, tmp_path, capsys):
     from gpjax.export import load_artifact
     out = tmp_path / "artifact"
     assert cli.main(["export", str(store.path), "--out", str(out), "--test",
-                     str(files / "test.npz"), "--batch-sizes", "1,64", "--repeats", "3"]) == 0
+                     str(files / "test.npz"), "--batch-sizes", "1,64", "--repeats", "3",
+                     "--layers", "Dense_0/kernel,Dense_1/kernel"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"].endswith("version 2")
     m = store.load()

@@ -228,7 +228,6 @@ class PruneConfig:
         check_range(self, "percentile", 0, 100, low_open=True, high_open=True)
         check_range(self, "max_retrain_epochs", 0)
         check_range(self, "retrain_lr", 0, low_open=True)
-        check_range(self, "tolerance", 0)
         check_range(self, "patience", 1)
         check_range(self, "target_params", 0)
         check_range(self, "max_iterations", 0)  # 0: no pruning
