@@ -176,11 +176,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def plot_store(path: str | Path, out: str | Path | None = None) -> list[Path]:
     """PNGs of a store's history: error, parameters and cost per version."""
+    from gpjax._files import pyplot, save_figure
     from gpjax.incremental.store import ModelStore
-    from gpjax.report import _pyplot, _save_fig
     store = ModelStore.open(path)
     hist = store.history()
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out or store.path)
     v = [h["version"] for h in hist]
     m = [h["metrics"] for h in hist]
@@ -205,7 +205,7 @@ def plot_store(path: str | Path, out: str | Path | None = None) -> list[Path]:
     fig.suptitle(f"model store {store.path.name}")
     fig.tight_layout()
     target = out / "history.png"
-    _save_fig(fig, target, 120)
+    save_figure(fig, target, 120)
     return [target]
 
 

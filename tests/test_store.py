@@ -171,6 +171,12 @@ def test_any_task_by_import_path(files, tmp_path):
         "squared_error_task")
 
 
+def test_plot_store(store, tmp_path, capsys):
+    assert cli.main(["plot", str(store.path), "--out", str(tmp_path)]) == 0
+    png = tmp_path / "history.png"
+    assert png.stat().st_size > 10_000 and str(png) in capsys.readouterr().out
+
+
 def test_promotion_gate_and_rollback(store, files, tmp_path):
     s = ModelStore.open(shutil.copytree(store.path, tmp_path / "copy"))
     # Any rise of the old data's error above -100 points trips the gate.
