@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## The test suite (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gpjax tests benchmarks experiments

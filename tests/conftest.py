@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
-import jax
-import pytest
-from hypothesis import settings
+# One persistent XLA compilation cache per test run, shared by the xdist workers and by every
+# subprocess the tests start (CLI runs, kill/resume, README blocks): most of the suite's time
+# is compilation, and many tests compile the same tiny models. Speed only: a cached executable
+# is the one the compiler would build. The size limit turns on JAX's file lock, so a process
+# never reads an entry another is still writing. Set before JAX reads its configuration.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+XLA_CACHE = Path(tempfile.gettempdir()) / f"gpjax-tests-xla-{_RUN}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+try:  # JAX needs filelock (dev extra) for a size limit; without it, no limit and no lock
+    import filelock  # noqa: F401
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+except ImportError:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
+
+import jax  # noqa: E402
+
+# (The environment reaches subprocesses; this process may have imported JAX already.)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_compilation_cache_max_size",
+                  int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's cache goes with the run (the controller, after its workers, removes it)."""
+    if not hasattr(session.config, "workerinput") and str(XLA_CACHE).endswith(_RUN):
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)
+
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # Settings for the core's property tests (applied per test, not as a global profile, so other
 # test files keep their own): small and deterministic, the suite must stay fast on 2 CPU cores.

@@ -31,27 +31,10 @@ TIMING = {"wall_time_s", "eval_time_s"}
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent XLA compilation cache shared with the subprocesses (speed only)."""
-    d = tmp_path_factory.mktemp("xla_cache")
-    return d
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(cache_dir):
-    # The in-process runs fill the cache the kill/resume subprocesses then read.
-    old = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:  # the cache may have been initialised (without a directory) by earlier tests
-        from jax._src import compilation_cache
-        compilation_cache.reset_cache()
-    except Exception:  # noqa: BLE001 - speed only
-        pass
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+def cache_dir():
+    """The suite's persistent XLA compilation cache (``conftest.XLA_CACHE``), which the
+    in-process runs fill and the kill/resume subprocesses read (speed only)."""
+    return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def _env(cache: Path, **extra) -> dict:

@@ -68,7 +68,9 @@ def test_readme_parser_finds_the_blocks():
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    # A user's environment, except for the suite's compilation cache (speed only).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))
+           or k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
