@@ -1,0 +1,74 @@
+"""Results of incremental runs: JSON/CSV rows, replicate summaries, paper-style tables, plots.
+
+A *row* is one dict per policy x seed x round::
+
+    {"policy": "growprune", "seed": 0, "round": 3, "data_fraction": 0.3,
+     "test_error": 1.62,            # percent
+     "val_error": 1.70,             # percent
+     "params_recoverable": 17000,   # active connections of the model the next round inherits
+     "params_nonrecoverable": 9800, # of the optional ultra-compact model (None if not made)
+     "epochs": 93.0,                # training cost of this round, epochs normalised to all data
+     "epochs_cumulative": 402.0, "wall_time_s": 31.4, "examples": 5_115_000,
+     "prune_curve": [{"active": 60000, "val_error": 1.6, "test_error": 1.5}, ...],
+     ...}                           # free extra keys are kept
+
+``prune_curve`` (optional; older results lack it): the model before the round's recoverable
+pruning and after each held iteration, in order (:mod:`gpjax.matched`).
+
+:func:`write_rows` / :func:`load_rows` store and read them (``results.json`` + ``results.csv``;
+unreadable files are named and skipped), :func:`summarise` averages replicates (mean and
+standard error over seeds), :func:`markdown_table` renders the comparison table in the layout of
+the patent's FIG. 10 followed, for rows with curves, by :func:`matched_size_tables` (errors at
+the paper's size and at matched sizes of each pair of policies), :func:`plot_rows` draws error,
+parameters and cost versus round and :func:`curve_figure` the last round's error-versus-size
+curves. FIG. 5's :func:`pixel_connection_heatmap` / :func:`pixel_connection_heatmaps` live in
+:mod:`gpjax.heatmaps` and are importable from here. Files are written atomically with the
+umask's mode (:mod:`gpjax._files`).
+
+Modules: :mod:`~gpjax.report.rows` (the row format and files), :mod:`~gpjax.report.tables`
+(summaries and Markdown tables), :mod:`~gpjax.report.plots` (figures).
+"""
+
+from gpjax.heatmaps import (
+    pixel_connection_counts,
+    pixel_connection_heatmap,
+    pixel_connection_heatmaps,
+)
+from gpjax.report.plots import (
+    build_figures,
+    curve_figure,
+    plot_rows,
+)
+from gpjax.report.rows import (
+    COLUMNS,
+    FORMAT,
+    FORMAT_VERSION,
+    ID_KEYS,
+    METRIC_FORMATS,
+    POLICY_NAMES,
+    POLICY_ORDER,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    Row,
+    columns,
+    load_rows,
+    ordered_policies,
+    policy_key,
+    policy_label,
+    write_rows,
+)
+from gpjax.report.tables import (
+    markdown_table,
+    matched_size_tables,
+    numeric_metrics,
+    summarise,
+)
+
+__all__ = [
+    "COLUMNS", "FORMAT", "FORMAT_VERSION", "ID_KEYS", "METRIC_FORMATS", "POLICY_NAMES",
+    "POLICY_ORDER", "RESULTS_CSV", "RESULTS_JSON", "Row", "build_figures", "columns",
+    "curve_figure", "load_rows", "markdown_table", "matched_size_tables", "numeric_metrics",
+    "ordered_policies", "pixel_connection_counts", "pixel_connection_heatmap",
+    "pixel_connection_heatmaps", "plot_rows", "policy_key", "policy_label", "summarise",
+    "write_rows",
+]
