@@ -1,15 +1,11 @@
 """Tests of gpjax.data.speech: vocabulary, MFCC (against the textbook formula), resampling, the
-padded dataset values, the AN4 reader (on files written here in CMU's formats), the eSpeak NG
-synthetic corpus (determinism, cache, non-triviality, missing-wheel error, conditions), and
-DeepSpeech2's LSTM cell option (layout, training, a grow/prune cycle)."""
+padded dataset values and length buckets, the AN4 reader (on files written here in CMU's
+formats). The eSpeak corpus: tests/test_speech_synthetic.py; DS2's LSTM cell:
+tests/test_deepspeech2_cells.py."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import math
-import os
-import sys
 import wave
 from pathlib import Path
 
@@ -19,9 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-import gpjax
 from gpjax.data import speech
-from gpjax.data.cache import DataUnavailableError
 from gpjax.data.speech import (
     BLANK_ID,
     VOCAB,
@@ -32,16 +26,13 @@ from gpjax.data.speech import (
     encode_text,
     iterate_batches,
     load_an4,
-    load_synthetic_an4,
     make_speech_split,
     mfcc,
     read_an4_transcription,
     read_raw_pcm,
     read_sphere,
     resample,
-    synthetic,
 )
-from gpjax.models import DeepSpeech2, deepspeech2_loss
 
 # ============================================================================ vocabulary
 
@@ -226,7 +217,6 @@ def test_make_speech_split_paddings_and_batches():
 
 def test_paddings_work_with_optax_ctc_loss():
     import jax.numpy as jnp
-    import optax
 
     split = make_speech_split([np.zeros((6, 3), np.float32), np.zeros((4, 3), np.float32)],
                               ["ab", "c"])
@@ -368,110 +358,6 @@ def test_raw_and_sphere_format_errors(tmp_path):
         read_sphere(odd)
 
 
-# ============================================================================ synthetic corpus
-
-
-def _needs_espeak():
-    if not hasattr(os, "fork"):
-        pytest.skip("the synthesis forks a process per utterance (Linux/macOS only)")
-    return pytest.importorskip(
-        "espeakng_loader", reason="espeakng-loader has no wheel for this platform")
-
-
-def test_espeak_synthesis_pure_per_utterance():
-    _needs_espeak()
-    jobs = [{"text": t, "voice": v, "rate": r, "pitch": p, "range": 50, "wordgap": 0, "seed": 7}
-            for t, v, r, p in [("YES", "en-us", 175, 50), ("R U B O U T", "en-gb-x-rp+f3", 140, 70),
-                               ("eh B C", "en-029+klatt2", 200, 30)]]
-    first = speech.espeak_synthesize(jobs, workers=1)
-    second = speech.espeak_synthesize(jobs[::-1], workers=2)[::-1]
-    assert all(a.dtype == np.int16 and a.size > 2000 for a in first)
-    for a, b in zip(first, second, strict=True):
-        np.testing.assert_array_equal(a, b)  # the order and worker count do not matter
-    assert first[1].size != first[0].size
-
-
-def test_every_voice_loads():
-    _needs_espeak()
-    jobs = [{"text": "GO", "voice": f"{a}+{v}" if v else a, "rate": 175, "pitch": 50, "range": 50,
-                 "wordgap": 0, "seed": 1}
-            for a, v in [(a, "") for a in speech.ACCENTS]
-            + [("en-us", v) for v in speech.VARIANTS]]
-    audio = speech.espeak_synthesize(jobs)
-    assert all(a.size > 1000 for a in audio)
-
-
-def test_synthetic_corpus_determinism_and_cache(tmp_path, monkeypatch):
-    _needs_espeak()
-    kw = {"n_train": 5, "n_test": 2, "n_validation": 1, "cache_dir": tmp_path}
-    a = load_synthetic_an4(seed=0, **kw)
-    assert "synthesised" in a.source
-    files = sorted(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".npz"  # no temporary file left behind
-    assert (len(a.train), len(a.validation), len(a.test)) == (4, 1, 2)
-
-    def no_synthesis(*args, **kwargs):
-        raise AssertionError("the second call must read the cache")
-
-    monkeypatch.setattr(synthetic, "espeak_synthesize", no_synthesis)
-    b = load_synthetic_an4(seed=0, **kw)
-    assert "cached" in b.source
-    for sa, sb in zip(a[:3], b[:3], strict=True):
-        for x, y in zip(sa, sb, strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    monkeypatch.undo()
-
-    c = load_synthetic_an4(seed=1, **kw)
-    assert c.train.transcripts + c.test.transcripts != a.train.transcripts + a.test.transcripts
-    with np.load(files[0]) as z:
-        assert json.loads(str(z["options"]))["seed"] == 0
-    # the transcripts spoken are the documented generator's
-    assert sorted(a.train.transcripts + a.validation.transcripts) == sorted(
-        t.lower() for t in speech.synthetic_transcripts(5, seed=0, split="train"))
-
-
-def test_synthetic_corpus_is_not_trivial(tmp_path):
-    _needs_espeak()
-    data = load_synthetic_an4(n_train=6, n_test=2, n_validation=1, seed=3, cache_dir=tmp_path)
-    with np.load(next(tmp_path.glob("*.npz"))) as z:
-        audio, offsets = z["train_audio"], z["train_offsets"]
-    utts = [audio[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    for u in utts:
-        lead = u[:800].astype(np.float64)  # the first 50 ms are padding: only noise there
-        assert lead.std() > 0.5 and np.abs(lead).max() < np.abs(u).max() / 2
-    plans = [synthetic._plan(3, "train", i, (10.0, 30.0)) for i in range(6)]
-    assert len({p.job["voice"] for p in plans}) > 1 and len({p.job["rate"] for p in plans}) > 1
-    assert len({round(p.post["snr_db"]) for p in plans}) > 1
-    f = data.train.features
-    for i in range(len(data.train)):
-        for j in range(i):
-            assert not np.array_equal(f[i], f[j])
-    assert np.isfinite(f).all()
-    # CTC needs, after DeepSpeech2's 2x time stride, at least label + repeats frames
-    for s in (data.train, data.validation, data.test):
-        for i in range(len(s)):
-            lab = s.labels[i, : s.label_lengths[i]]
-            need = len(lab) + int(np.sum(lab[1:] == lab[:-1]))
-            assert -(-int(s.feature_lengths[i]) // 2) >= need
-
-
-def test_synthetic_conditions_narrow_the_voices_and_rates(tmp_path):
-    _needs_espeak()
-    kw = {"n_train": 3, "n_test": 1, "n_validation": 1, "seed": 2, "cache_dir": tmp_path}
-    easy = load_synthetic_an4(voices=["en-us"], rate_wpm=(150, 150), snr_db=(35.0, 35.0), **kw)
-    plans = [synthetic._plan(2, "train", i, (35.0, 35.0), ["en-us"], (150, 150))
-             for i in range(3)]
-    assert {p.job["voice"] for p in plans} == {"en-us"} and {p.job["rate"] for p in plans} == {150}
-    default = load_synthetic_an4(**kw)
-    assert len(list(tmp_path.glob("*.npz"))) == 2  # the conditions are part of the cache key
-    # same transcripts (drawn before the voice), different audio
-    assert easy.train.transcripts == default.train.transcripts
-    assert not np.array_equal(easy.test.features, default.test.features)
-    with pytest.raises(ValueError, match="voices='en-us' must be a non-empty sequence"):
-        load_synthetic_an4(voices="en-us", **kw)
-    with pytest.raises(ValueError, match="rate_wpm"):
-        load_synthetic_an4(rate_wpm=(200, 100), **kw)
-
 
 def test_lengths_to_paddings_numpy_and_jax_agree():
     lengths = np.array([0, 2, 5])
@@ -500,127 +386,3 @@ def test_length_buckets_cut_padding_and_keep_every_utterance():
         n = np.sum(1 - p, axis=1).astype(int)
         np.testing.assert_array_equal(f[:, 0, 0], n)
     assert length_buckets(data, 1, batch_size=2)[0] is data
-
-
-def test_missing_espeak_gives_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import now raises ImportError
-    with pytest.raises(DataUnavailableError, match=r"pip install 'espeakng-loader"):
-        speech.espeak_synthesize([{"text": "YES", "voice": "en-us", "rate": 175, "pitch": 50,
-                                   "range": 50,
-                                       "wordgap": 0, "seed": 0}])
-    with pytest.raises(DataUnavailableError, match="espeakng-loader"):
-        load_synthetic_an4(n_train=2, n_test=1, n_validation=1, cache_dir=tmp_path)
-
-
-def test_cached_corpus_loads_without_espeak(tmp_path, monkeypatch):
-    _needs_espeak()
-    kw = {"n_train": 2, "n_test": 1, "n_validation": 1, "seed": 4, "cache_dir": tmp_path}
-    a = load_synthetic_an4(**kw)
-    monkeypatch.setitem(sys.modules, "espeakng_loader", None)
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: (_ for _ in ()).throw(
-                            importlib.metadata.PackageNotFoundError(name)))
-    b = load_synthetic_an4(**kw)
-    assert "cached" in b.source
-    np.testing.assert_array_equal(a.test.features, b.test.features)
-
-
-@pytest.mark.slow
-def test_synthetic_corpus_larger(tmp_path):
-    _needs_espeak()
-    data = load_synthetic_an4(n_train=130, n_test=20, seed=0, cache_dir=tmp_path)
-    assert (len(data.train), len(data.validation), len(data.test)) == (30, 100, 20)
-    seconds = data.train.feature_lengths / 100.0
-    assert 0.5 < seconds.min() and seconds.max() < 12.0
-    words = {w for t in data.train.transcripts + data.validation.transcripts for w in t.split()}
-    assert {"enter", "yes", "a"} <= words or len(words) > 30
-
-
-# ============================================================================ DeepSpeech2 cells
-# The LSTM option of DeepSpeech2 on a toy CTC task (no eSpeak): each symbol of a 2-3 symbol
-# label is 4 frames of its own feature direction, then 2 frames of silence.
-
-LSTM_DS2 = DeepSpeech2(vocab_size=5, conv_features=(4, 4, 4), conv_kernels=((3, 3),) * 3,
-                       conv_strides=((1, 1),) * 3, rnn_features=12, num_rnn_layers=1,
-                       cell="lstm")
-
-
-def _toy_ctc_batch(n: int, seed: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(seed)
-    frames, width, max_label = 20, 6, 3
-    feats = 0.1 * rng.standard_normal((n, frames, width)).astype(np.float32)
-    labels = np.zeros((n, max_label), np.int32)
-    lengths = rng.integers(2, max_label + 1, size=n)
-    for i, k in enumerate(lengths):
-        labels[i, :k] = rng.integers(1, 5, size=k)
-        for j, c in enumerate(labels[i, :k]):
-            feats[i, 6 * j:6 * j + 4, c] += 2.0
-    label_pads = speech.lengths_to_paddings(lengths, max_label)
-    return feats, np.zeros((n, frames), np.float32), labels, label_pads
-
-
-def test_ds2_cell_option_layout_and_bad_cell():
-    x = jnp.zeros((1, 20, 6))
-    v = jax.eval_shape(LSTM_DS2.init, jax.random.key(0), x)
-    cell = v["params"]["birnn1"]["forward_rnn"]["cell"]
-    assert sorted(cell) == ["hf", "hg", "hi", "ho", "if", "ig", "ii", "io"]
-    assert cell["ii"]["kernel"].shape == (24, 12) and cell["hf"]["kernel"].shape == (12, 12)
-    hl = jax.eval_shape(LSTM_DS2.clone(cell="hlstm").init, jax.random.key(0), x)
-    assert "f_hidden0" in hl["params"]["birnn1"]["forward_rnn"]["cell"]
-    with pytest.raises(ValueError, match="cell='bogus' is not one of"):
-        LSTM_DS2.clone(cell="bogus").init(jax.random.key(0), x)
-
-
-def test_ds2_lstm_trains_and_survives_a_prune_grow_cycle():
-    """Masked Adam: the CTC loss falls; recoverable pruning of the LSTM kernels keeps every unit
-    connected, growth switches connections of them back on, dormant weights stay exactly 0
-    through retraining."""
-    model = LSTM_DS2
-    feats, pads, labels, lpads = (jnp.asarray(a) for a in _toy_ctc_batch(32, seed=0))
-    params = jax.jit(model.init)(jax.random.key(0), feats[:1], pads[:1])["params"]
-    masks = gpjax.init_masks(params)
-    lstm_kernels = [k for k, m in _flat(masks).items() if "cell" in k and m is not None]
-    assert len(lstm_kernels) == 16  # 8 kernels x 2 directions, all prunable
-
-    def loss_fn(p, batch):
-        return deepspeech2_loss(model, p, *batch)
-
-    tx = gpjax.masked(optax.adam(1e-2))
-
-    @jax.jit
-    def step(p, opt, m, batch):
-        loss, g = jax.value_and_grad(loss_fn)(p, batch)
-        up, opt = tx.update(g, opt, p, masks=m)
-        return optax.apply_updates(p, up), opt, loss, g
-
-    batch = (feats, pads, labels, lpads)
-    opt = tx.init(params)
-    losses = []
-    for _ in range(120):
-        params, opt, loss, _ = step(params, opt, masks, batch)
-        losses.append(float(loss))
-    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), \
-        losses[::20]
-
-    params, masks = gpjax.prune(params, masks, percentile=70.0, input_fed=model.input_kernels)
-    pruned = _flat(masks)
-    assert all(0.2 < np.mean(pruned[k]) < 0.4 for k in lstm_kernels)  # ~30% kept per kernel
-    dead = gpjax.dead_units(masks, input_fed=model.input_kernels)
-    assert all(d == (0, 0) for d in dead.values()), {k: d for k, d in dead.items() if any(d)}
-    opt = gpjax.sync_masks(opt, masks)
-    # The gradient at params whose dormant entries are 0 is the gradient w.r.t. the effective
-    # weights W * M, what accumulate_gradients averages (one batch here: the step's own).
-    assert gpjax.dormant_is_zero(params, masks)
-    *_, grads = step(params, opt, masks, batch)
-    params, masks = gpjax.grow(params, masks, grads, percentile=90.0, learning_rate=1e-2)
-    grown = _flat(masks)
-    assert sum(int(np.sum(grown[k] & ~pruned[k])) for k in lstm_kernels) > 0
-    assert all(np.all(grown[k] | ~pruned[k]) for k in lstm_kernels)  # growth only adds
-    for _ in range(10):
-        params, opt, loss, _ = step(params, opt, masks, batch)
-    assert np.isfinite(float(loss)) and gpjax.dormant_is_zero(params, masks)
-
-
-def _flat(tree) -> dict:
-    return {jax.tree_util.keystr(k): v for k, v in
-            jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
