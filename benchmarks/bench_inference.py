@@ -5,8 +5,8 @@ demo's sizes, times inference at several batch sizes, round-robin in one group p
 
 * ``masked_dense``: the Flax model on the masked weights, as trained (original widths);
 * ``compact_dense``: :func:`gpjax.compact` (dead units removed, unconnected inputs dropped);
-* ``sparse``: the compact model with every dense layer as a gather-and-segment-sum product
-  over its nonzeros (convolutions stay dense);
+* ``sparse``: the compact model with every dense layer as a CSR product over its nonzeros
+  (:func:`gpjax.export.sparse.csr_product`, jaxlib's CPU CSR kernel; convolutions stay dense);
 * ``artifact``: the :func:`gpjax.export_model` directory, loaded with ``jax.export``;
 * ``torch_dense``: PyTorch eager, dense masked weights (original widths);
 * ``torch_csr``: PyTorch eager, ``torch.sparse_csr`` weights for the dense layers.
@@ -40,7 +40,7 @@ import gpjax
 from benchmarks.harness import Timer, med, pct
 from gpjax.compact import apply_compact, layer_macs
 from gpjax.export import load_artifact, storage_report
-from gpjax.export.sparse import segment_product, segment_weights
+from gpjax.export.sparse import csr_product, csr_weights
 from gpjax.models import LeNet5, LeNet300
 
 SHAPES = {
@@ -174,8 +174,8 @@ def _case(name: str, recoverable: bool, target: int, cfg: InferenceConfig,
     for layer, w in zip(cm.layers, cm.weights):
         if layer.kind == "dense":
             seg_w.append({**{k: v for k, v in w.items() if k != "kernel"},
-                          **segment_weights(np.asarray(w["kernel"]))})
-            prods.append(partial(segment_product, out=int(w["kernel"].shape[1])))
+                          **csr_weights(np.asarray(w["kernel"]))})
+            prods.append(partial(csr_product, shape=tuple(w["kernel"].shape)))
         else:
             seg_w.append(w)
             prods.append(None)
@@ -267,7 +267,7 @@ def render(res: dict) -> list[str]:
     """Markdown lines of the inference section."""
     lines = ["## Inference of compact models (issue 12)", "",
              "Variants: `masked_dense` the Flax model on masked weights (as trained), "
-             "`compact_dense` gpjax.compact, `sparse` compact with gather-and-segment-sum dense "
+             "`compact_dense` gpjax.compact, `sparse` compact with CSR (jaxlib kernel) dense "
              "layers, `artifact` the gpjax.export_model directory via jax.export, `torch_dense` "
              "/ `torch_csr` PyTorch eager with dense / torch.sparse_csr weights (original "
              "widths). Masks: random weights with per-unit log-normal scales, globally "

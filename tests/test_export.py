@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -148,3 +149,75 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"))
     (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
     np.testing.assert_allclose(y, _masked_forward(params, masks, x), atol=1e-5)
+
+
+def test_threshold_is_where_a_product_stays_faster():
+    from gpjax.export.artifact import _threshold
+    dense = {"1": 10.0, "32": 50.0, "1024": 900.0}
+    assert _threshold({"1": 20.0, "32": 40.0, "1024": 300.0}, dense, (1, 32, 1024)) == 32
+    assert _threshold({"1": 5.0, "32": 40.0, "1024": 300.0}, dense, (1, 32, 1024)) == 1
+    assert _threshold({"1": 5.0, "32": 60.0, "1024": 300.0}, dense, (1, 32, 1024)) == 1024
+    assert _threshold({"1": 5.0, "32": 40.0, "1024": 950.0}, dense, (1, 32, 1024)) is None
+
+
+def test_from_batch_switches_products_inside_one_exported_function():
+    from jax import export as jax_export
+
+    from gpjax.export.sparse import CSR_CUSTOM_CALLS, csr_product, csr_weights, from_batch
+    rng = np.random.default_rng(3)
+    k = (rng.normal(size=(40, 12)) * (rng.random((40, 12)) < 0.2)).astype(np.float32)
+    w = {"kernel": k, **csr_weights(k)}
+    calls = []
+
+    def product(x, w):
+        calls.append(x.shape[0])
+        return csr_product(x, w, shape=k.shape)
+
+    fn = from_batch(product, 8)
+    (b,) = jax_export.symbolic_shape("b")
+    exp = jax_export.export(
+        jax.jit(fn), disabled_checks=[jax_export.DisabledSafetyCheck.custom_call(t)
+                                      for t in CSR_CUSTOM_CALLS])(
+        jax.ShapeDtypeStruct((b, 40), np.float32), jax.tree.map(jnp.asarray, w))
+    text = exp.mlir_module()
+    assert "stablehlo.case" in text or "stablehlo.if" in text  # the batch-size branch
+    call = jax_export.deserialize(exp.serialize()).call
+    for n in (1, 7, 8, 50):
+        x = rng.normal(size=(n, 40)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(call(x, w)), x @ k, atol=1e-5)
+    calls.clear()
+    for n in (3, 9):  # a concrete batch size picks one product when traced
+        np.testing.assert_allclose(np.asarray(jax.jit(fn)(np.ones((n, 40), np.float32), w)),
+                                   np.ones((n, 40), np.float32) @ k, atol=1e-5)
+    assert calls == [9]
+
+
+def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monkeypatch):
+    """With timings where CSR beats dense only from batch 32 on, the artifact computes its
+    sparse layers by CSR from 32 on and densely below: outputs equal the masked model's at
+    both, and the manifest says so (the custom call included); portable=True avoids it."""
+    import gpjax.export.artifact as artifact
+
+    def fake_time_calls(fns, repeats):
+        out = {}
+        for name, f in fns.items():
+            b = np.asarray(f()).shape[0]
+            fast = name in ("chosen",) or (name == "csr" and b >= 32)
+            out[name] = [1e-6 if fast else 5e-6]
+        return out
+
+    monkeypatch.setattr(artifact, "time_calls", fake_time_calls)
+    params, masks = _state(seed=4)
+    x = np.random.default_rng(5).normal(size=(40, 784)).astype(np.float32)
+    m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1)
+    sparse = [r for r in m["layers"] if r["compute"] != "dense"]
+    assert sparse and all(r["compute"] == "csr" and r["from_batch"] == 32 for r in sparse)
+    assert m["custom_calls"] == ["cpu_csr_sparse_dense_ffi"]
+    predict = artifact.load_artifact(tmp_path / "a")
+    for n in (1, 40):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])),
+                                   _masked_forward(params, masks, x[:n]), atol=1e-4)
+    p = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "p",
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1, portable=True)
+    assert p["custom_calls"] == [] and all(r["compute"] != "csr" for r in p["layers"])

@@ -1,9 +1,9 @@
 """Deployable artifacts: a compact model as a ``jax.export`` function that needs only JAX.
 
 :func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per dense layer
-how the artifact computes (the compact dense product, or a sparse one where it measures faster
-at every batch size measured), checks the whole artifact against the dense model it came from
-at those batch sizes, and writes a directory::
+how the artifact computes (the compact dense product, or a sparse one from the batch size on
+where it measures faster, dense below it), checks the whole artifact against the dense model it
+came from at those batch sizes, and writes a directory::
 
     model.jax        jax.export serialization (StableHLO, symbolic batch dimension "b")
     weights.npz      its weights, arrays w0, w1, ... (the function's first argument, a list)
@@ -40,7 +40,12 @@ import numpy as np
 from jax import export as jax_export
 
 from gpjax.compact import Activation, CompactModel, apply_compact, compact, layer_macs
-from gpjax.export.sparse import save_npz, sparse_variants
+from gpjax.export.sparse import (
+    CSR_CUSTOM_CALLS,
+    from_batch,
+    save_npz,
+    sparse_variants,
+)
 from gpjax.masks import apply_masks, count_params
 
 PyTree = Any
@@ -90,9 +95,27 @@ def _median_us(samples: list[float]) -> float:
     return round(float(np.median(samples)) * 1e6, 1)
 
 
+def _threshold(variant: dict[str, float], dense: dict[str, float],
+               batch_sizes: Sequence[int]) -> int | None:
+    """The smallest measured batch size from which on ``variant`` is faster at every measured
+    size (None: at none, or not at the largest)."""
+    t = None
+    for b in sorted(batch_sizes, reverse=True):
+        if variant[str(b)] >= dense[str(b)]:
+            break
+        t = b
+    return t
+
+
 def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
-                   rng: np.random.Generator) -> tuple[list, list, list[dict]]:
-    """Per layer: the product (None = dense), its weights, and the measurements."""
+                   rng: np.random.Generator, portable: bool = False
+                   ) -> tuple[list, list, list[dict]]:
+    """Per layer: the product (None = dense), its weights, and the measurements.
+
+    A sparse product is used from the batch size on where it measures faster than the dense
+    one at that and every larger measured size (:func:`~gpjax.export.sparse.from_batch`); of
+    several, the one that saves the most time summed over those sizes.
+    """
     products, weights, records = [], [], []
     for layer, w in zip(cm.layers, cm.weights):
         k = np.asarray(w["kernel"])
@@ -101,7 +124,7 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
         chosen, chosen_w = None, w
         nnz_frac = rec["nonzero"] / max(k.size, 1)
         if layer.kind == "dense" and k.size and nnz_frac < 0.5:
-            variants = sparse_variants(k)
+            variants = sparse_variants(k, portable=portable)
             dense_fn = jax.jit(lambda x, k: x @ k)
             timings: dict[str, dict[str, float]] = {}
             for b in batch_sizes:
@@ -113,13 +136,23 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
                 for name, s in time_calls(fns, repeats).items():
                     timings.setdefault(name, {})[str(b)] = _median_us(s)
             rec["timings_us"] = timings
-            faster = [n for n in variants
-                      if all(timings[n][str(b)] < timings["dense"][str(b)] for b in batch_sizes)]
-            if faster:
-                best = min(faster, key=lambda n: sum(timings[n].values()))
-                vw, chosen = variants[best]
-                chosen_w = {**{k_: v for k_, v in w.items() if k_ != "kernel"}, **vw}
+            saving = {}
+            for n in variants:
+                t = _threshold(timings[n], timings["dense"], batch_sizes)
+                if t is not None:
+                    saving[n] = (sum(timings["dense"][str(b)] - timings[n][str(b)]
+                                     for b in batch_sizes if b >= t), t)
+            if saving:
+                best = max(saving, key=lambda n: saving[n][0])
+                vw, prod = variants[best]
+                t = saving[best][1]
+                rest = {k_: v for k_, v in w.items() if k_ != "kernel"}
+                if t <= min(batch_sizes):       # sparse at every measured size
+                    chosen, chosen_w = prod, {**rest, **vw}
+                else:                           # dense below t: keeps the dense kernel too
+                    chosen, chosen_w = from_batch(prod, t), {**w, **vw}
                 rec["compute"] = best
+                rec["from_batch"] = int(t)
         products.append(chosen)
         weights.append(chosen_w)
         records.append(rec)
@@ -137,7 +170,10 @@ def _export(cm: CompactModel, weights: Sequence[dict], products: Sequence, in_sh
     (b,) = jax_export.symbolic_shape("b")
     specs = ([jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in flat],
              jax.ShapeDtypeStruct((b, *in_shape), dtype))
-    exp = jax_export.export(jax.jit(infer), platforms=platforms)(*specs)
+    # Only sparse products that measured faster bring the CSR custom calls in (portable=False).
+    checks = [jax_export.DisabledSafetyCheck.custom_call(t) for t in CSR_CUSTOM_CALLS]
+    exp = jax_export.export(jax.jit(infer), platforms=platforms,
+                            disabled_checks=checks)(*specs)
     return exp, [np.asarray(a) for a in flat]
 
 
@@ -200,7 +236,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
                  test_data: tuple[Any, Any] | None = None, format: str = "jax",
                  batch_sizes: Sequence[int] = (1, 32, 1024), repeats: int = 20,
                  layers: Sequence[str] | None = None, activation: Activation = "leaky_relu",
-                 platforms: Sequence[str] | None = None, seed: int = 0) -> dict:
+                 platforms: Sequence[str] | None = None, seed: int = 0,
+                 portable: bool = False) -> dict:
     """Compacts a masked model and writes a JAX-only inference artifact to ``out_dir``.
 
     Args:
@@ -223,6 +260,9 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
       layers, activation: a Dense chain's structure, as for :func:`gpjax.compact`.
       platforms: ``jax.export`` lowering platforms (default: the current backend).
       seed: seeds the random inputs of the measurements.
+      portable: only operations under ``jax.export``'s compatibility guarantees (no CSR
+        product, whose CPU kernel is a jaxlib custom call; the manifest's ``custom_calls``
+        lists those an artifact uses, and its ``versions`` the jaxlib that has them).
 
     Returns:
       The manifest (also written to ``out_dir/manifest.json``).
@@ -259,7 +299,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     cm = compact(params, masks, model, layers=layers, activation=activation)
     cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
     rng = np.random.default_rng(seed)
-    products, weights, layer_recs = _choose_layers(cm, batch_sizes, repeats, rng)
+    products, weights, layer_recs = _choose_layers(cm, batch_sizes, repeats, rng,
+                                                   portable)
     original = _original_forward(model, params, masks, aux, cm_full)
 
     candidates = {"chosen": (weights, products)}
@@ -330,6 +371,7 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
             "versions": {"gpjax": _version("gpjax-incremental"), "jax": jax.__version__,
                          "jaxlib": _version("jaxlib")},
             "platforms": list(exp.platforms),
+            "custom_calls": [t for t in CSR_CUSTOM_CALLS if t in exp.mlir_module()],
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

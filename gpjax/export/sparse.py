@@ -7,9 +7,16 @@ in the narrowest unsigned dtype that holds the column count, row pointers in the
 holds the nonzero count; whichever is smaller in bytes. The structure is a JSON header in the
 same file. :func:`load_sparse` restores exactly the same weights (bit for bit).
 
-Products. :func:`ell_product` and :func:`segment_product` compute ``x @ kernel`` from the
-nonzeros only (a padded per-column gather-and-sum, or a gather and a sorted segment sum); the
-export picks one for a layer only where it measures faster than the dense product.
+Products. :func:`ell_product`, :func:`segment_product` and :func:`csr_product` compute
+``x @ kernel`` from the nonzeros only (a padded per-column gather-and-sum; a gather and a sorted
+segment sum; ``jax.experimental.sparse`` CSR, which on CPU runs jaxlib's own CSR kernel, the
+custom call :data:`CSR_CUSTOM_CALLS`); :func:`from_batch` uses a sparse product from a batch
+size on and the dense one below it. The export picks, per layer, what measures fastest.
+
+Cost model (``x [B, in]``, ``nnz`` nonzeros): every product does ``B * nnz`` multiply-adds; the
+dense one ``B * in * out`` at the matrix unit's rate. A sparse product pays when its rate on
+``B * nnz`` beats the dense rate on ``B * in * out``: at large ``B`` for CSR (measured in
+``benchmarks/results/``), never at ``B = 1`` where a call's fixed cost dominates.
 """
 
 from __future__ import annotations
@@ -24,15 +31,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.experimental import sparse as jsparse
 
 from gpjax.compact import ACTIVATIONS, CompactLayer, CompactModel
 
 PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
-__all__ = ["csr_decode", "csr_encode", "ell_product", "ell_weights", "index_dtype",
-           "load_sparse", "save_npz", "save_sparse", "segment_product", "segment_weights",
+__all__ = ["CSR_CUSTOM_CALLS", "csr_decode", "csr_encode", "csr_product", "csr_weights",
+           "ell_product", "ell_weights", "from_batch", "index_dtype", "load_sparse", "save_npz",
+           "save_sparse", "segment_product", "segment_weights", "sparse_variants",
            "storage_report"]
+
+#: The XLA custom calls :func:`csr_product` lowers to (CPU). They are jaxlib's kernels, outside
+#: ``jax.export``'s compatibility guarantees: an artifact using them needs a jaxlib that has them
+#: (the one that wrote it is recorded in its manifest; ``portable=True`` avoids them).
+CSR_CUSTOM_CALLS: tuple[str, ...] = ("cpu_csr_sparse_dense_ffi",)
 
 
 def index_dtype(limit: int) -> np.dtype:
@@ -216,8 +231,48 @@ def segment_product(x: jax.Array, w: dict, *, out: int) -> jax.Array:
                                indices_are_sorted=True).T
 
 
-def sparse_variants(kernel: np.ndarray) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
-    """The sparse ways to compute ``x @ kernel``: ``{name: (weights, product)}``."""
-    return {"ell": (ell_weights(kernel), ell_product),
-            "segment_sum": (segment_weights(kernel),
-                            partial(segment_product, out=int(kernel.shape[1])))}
+def csr_weights(kernel: np.ndarray) -> dict[str, np.ndarray]:
+    """CSR of ``kernel.T`` (``[out, in]``, rows = output units): ``csr_data``, ``csr_indices``
+    (input columns, int32) and ``csr_indptr`` (``[out + 1]``, int32)."""
+    m = jsparse.BCSR.fromdense(jnp.asarray(np.ascontiguousarray(kernel.T)))
+    return {"csr_data": np.asarray(m.data), "csr_indices": np.asarray(m.indices, np.int32),
+            "csr_indptr": np.asarray(m.indptr, np.int32)}
+
+
+def csr_product(x: jax.Array, w: dict, *, shape: tuple[int, int]) -> jax.Array:
+    """``x @ kernel`` ``[B, out]`` from :func:`csr_weights`: ``(kernel.T @ x.T).T`` with
+    ``kernel.T`` as ``jax.experimental.sparse.BCSR`` of ``shape`` ``(in, out)``."""
+    m = jsparse.BCSR((w["csr_data"], w["csr_indices"], w["csr_indptr"]),
+                     shape=(shape[1], shape[0]))
+    return (m @ x.T).T
+
+
+def from_batch(product: Callable, threshold: int) -> Callable:
+    """``product(x, w)`` for batches of at least ``threshold`` rows, ``x @ w["kernel"]`` below.
+
+    With a symbolic batch size (``jax.export``) the choice is a ``lax.cond`` on it, so one
+    artifact keeps the dense product for small batches and the sparse one for large.
+    """
+    def dispatch(x: jax.Array, w: dict) -> jax.Array:
+        b = x.shape[0]
+        if isinstance(b, int):
+            return product(x, w) if b >= threshold else x @ w["kernel"]
+        return lax.cond(jnp.asarray(b) >= threshold, lambda x: product(x, w),
+                        lambda x: x @ w["kernel"], x)
+
+    return dispatch
+
+
+def sparse_variants(kernel: np.ndarray, *, portable: bool = False
+                    ) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
+    """The sparse ways to compute ``x @ kernel``: ``{name: (weights, product)}``.
+
+    ``portable=True`` leaves out ``csr``, whose CPU kernel is a custom call
+    (:data:`CSR_CUSTOM_CALLS`); so does a backend other than CPU.
+    """
+    out = {"ell": (ell_weights(kernel), ell_product),
+           "segment_sum": (segment_weights(kernel),
+                           partial(segment_product, out=int(kernel.shape[1])))}
+    if not portable and jax.default_backend() == "cpu":
+        out["csr"] = (csr_weights(kernel), partial(csr_product, shape=tuple(kernel.shape)))
+    return out
