@@ -325,7 +325,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
                                  example_input=example, source=got["source"], test_data=test,
                                  format=args.format, batch_sizes=args.batch_sizes,
-                                 repeats=args.repeats, **layers)
+                                 repeats=args.repeats, portable=args.portable, **layers)
     print(_table([{**manifest, "out": str(out)}],
                  [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
                   ("parameters.compact_dense", "compact dense params", "{:,}"),
@@ -362,4 +362,7 @@ def add_export_parser(sub, formatter) -> None:
     x.add_argument("--batch-sizes", type=_ints, default=(1, 32, 1024), metavar="B,B,...",
                    help="batch sizes the per-layer choice is measured at (default 1,32,1024)")
     x.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
+    x.add_argument("--portable", action="store_true",
+                   help="only operations under jax.export's compatibility guarantees (no CSR "
+                        "layers: their CPU kernel is a jaxlib custom call)")
     x.set_defaults(func=cmd_export)
