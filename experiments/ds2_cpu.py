@@ -35,13 +35,13 @@ import argparse
 import csv
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from benchmarks.harness import command_line
 from gpjax.data.speech import BLANK_ID
 from gpjax.incremental import build, get_config
 from gpjax.masks import count_params, init_masks
@@ -158,7 +158,7 @@ def write_outputs(out: Path, run: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = "python -m experiments.ds2_cpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("experiments.ds2_cpu", argv)
     name = "ds2_hlstm_synthetic_tiny" if args.tiny else "ds2_hlstm_synthetic_small"
     base = get_config(name)
     corpus = EASY_CORPUS if args.corpus_kwargs == "easy" else args.corpus_kwargs

@@ -37,7 +37,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gpjax
+from benchmarks.harness import command_line
 from experiments.replicates import add_replicate_args, mean_se, saved_rows, seeds
 from gpjax.incremental import build, get_config
 from gpjax.incremental.phases import Trainer
@@ -359,7 +359,7 @@ def describe(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    command = "python -m experiments.fig6 " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("experiments.fig6", argv)
     saved = saved_rows(args, lambda rows, saved: write_outputs(
         rows, args.out, saved["command"], saved["args"]))
     if saved is not None:
