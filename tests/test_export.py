@@ -221,3 +221,31 @@ def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monk
     p = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "p",
                            example_input=x[:2], batch_sizes=(1, 32), repeats=1, portable=True)
     assert p["custom_calls"] == [] and all(r["compute"] != "csr" for r in p["layers"])
+
+
+def test_export_switches_the_whole_model_where_layers_alone_mislead(tmp_path, monkeypatch):
+    """Layers timed alone say CSR pays at every size, the whole artifact only from batch 32:
+    the export keeps the dense model below 32 ("switched"), and it is still exact."""
+    import gpjax.export.artifact as artifact
+
+    def fake_time_calls(fns, repeats):
+        out = {}
+        for name, f in fns.items():
+            b = np.asarray(f()).shape[0]
+            fast = (name == "csr" or (name == "chosen" and b >= 32)
+                    or (name == "switched") or (name == "dense" and b < 32))
+            out[name] = [1e-6 if fast else 5e-6]
+        return out
+
+    monkeypatch.setattr(artifact, "time_calls", fake_time_calls)
+    params, masks = _state(seed=6)
+    x = np.random.default_rng(7).normal(size=(40, 784)).astype(np.float32)
+    m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1)
+    assert m["timings_us"]["chosen"] == "switched"
+    sparse = [r for r in m["layers"] if r["compute"] != "dense"]
+    assert sparse and all(r["from_batch"] == 32 for r in sparse)
+    predict = artifact.load_artifact(tmp_path / "a")
+    for n in (1, 40):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])),
+                                   _masked_forward(params, masks, x[:n]), atol=1e-4)

@@ -110,7 +110,7 @@ def _threshold(variant: dict[str, float], dense: dict[str, float],
 def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
                    rng: np.random.Generator, portable: bool = False
                    ) -> tuple[list, list, list[dict]]:
-    """Per layer: the product (None = dense), its weights, and the measurements.
+    """Per layer: the sparse product (None = dense), its weights, and the measurements.
 
     A sparse product is used from the batch size on where it measures faster than the dense
     one at that and every larger measured size (:func:`~gpjax.export.sparse.from_batch`); of
@@ -144,19 +144,34 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
                                      for b in batch_sizes if b >= t), t)
             if saving:
                 best = max(saving, key=lambda n: saving[n][0])
-                vw, prod = variants[best]
-                t = saving[best][1]
-                rest = {k_: v for k_, v in w.items() if k_ != "kernel"}
-                if t <= min(batch_sizes):       # sparse at every measured size
-                    chosen, chosen_w = prod, {**rest, **vw}
-                else:                           # dense below t: keeps the dense kernel too
-                    chosen, chosen_w = from_batch(prod, t), {**w, **vw}
+                chosen_w, chosen = variants[best]
                 rec["compute"] = best
-                rec["from_batch"] = int(t)
+                rec["from_batch"] = int(saving[best][1])
         products.append(chosen)
         weights.append(chosen_w)
         records.append(rec)
     return products, weights, records
+
+
+def _assemble(cm: CompactModel, products: Sequence, sparse_w: Sequence, records: Sequence[dict],
+              smallest: int, at_least: int = 0) -> tuple[list, list]:
+    """Weights and products of an artifact: layer ``i`` runs ``products[i]`` from batch
+    ``max(records[i]["from_batch"], at_least)`` on and densely below (keeping its dense kernel
+    only then); ``smallest``: the smallest batch size measured."""
+    weights, prods = [], []
+    for w, prod, vw, rec in zip(cm.weights, products, sparse_w, records):
+        if prod is None:
+            weights.append(w)
+            prods.append(None)
+            continue
+        t = max(rec["from_batch"], at_least)
+        if t <= smallest:                       # sparse at every measured size
+            weights.append({**{k: v for k, v in w.items() if k != "kernel"}, **vw})
+            prods.append(prod)
+        else:                                   # dense below t: keeps the dense kernel too
+            weights.append({**w, **vw})
+            prods.append(from_batch(prod, t))
+    return weights, prods
 
 
 def _export(cm: CompactModel, weights: Sequence[dict], products: Sequence, in_shape: tuple,
@@ -175,6 +190,25 @@ def _export(cm: CompactModel, weights: Sequence[dict], products: Sequence, in_sh
     exp = jax_export.export(jax.jit(infer), platforms=platforms,
                             disabled_checks=checks)(*specs)
     return exp, [np.asarray(a) for a in flat]
+
+
+def _time_artifacts(cm: CompactModel, candidates: dict, original: Callable,
+                    batch_sizes: Sequence[int], repeats: int, rng: np.random.Generator,
+                    in_shape: tuple, dtype: Any, platforms: Sequence[str] | None
+                    ) -> tuple[dict, dict[str, dict[str, float]]]:
+    """Exports every candidate ``{name: (weights, products)}`` and times it beside the
+    original model, round-robin: ``({name: (exported, flat weights)}, {name: {batch: us}})``."""
+    built = {n: _export(cm, w, p, in_shape, dtype, platforms) for n, (w, p) in candidates.items()}
+    callers = {n: _caller(exp, flat) for n, (exp, flat) in built.items()}
+    timing: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = jnp.asarray(rng.standard_normal((b, *in_shape)).astype(dtype))
+        fns = {"original": lambda x=x: original(x)}
+        for n, f in callers.items():
+            fns[n] = lambda x=x, f=f: f(x)
+        for n, s in time_calls(fns, repeats).items():
+            timing.setdefault(n, {})[str(b)] = _median_us(s)
+    return built, timing
 
 
 def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
@@ -303,25 +337,30 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
                                                    portable)
     original = _original_forward(model, params, masks, aux, cm_full)
 
-    candidates = {"chosen": (weights, products)}
+    smallest = min(batch_sizes)
+    candidates = {"chosen": _assemble(cm, products, weights, layer_recs, smallest)}
+    t = None
     if any(p is not None for p in products):
         candidates["dense"] = (list(cm.weights), [None] * len(products))
-    built = {n: _export(cm, w, p, in_shape, dtype, platforms) for n, (w, p) in candidates.items()}
-    callers = {n: _caller(exp, flat) for n, (exp, flat) in built.items()}
-    timing: dict[str, dict[str, float]] = {}
-    for b in batch_sizes:
-        x = jnp.asarray(rng.standard_normal((b, *in_shape)).astype(dtype))
-        fns = {"original": lambda x=x: original(x)}
-        for n, f in callers.items():
-            fns[n] = lambda x=x, f=f: f(x)
-        for n, s in time_calls(fns, repeats).items():
-            timing.setdefault(n, {})[str(b)] = _median_us(s)
+        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
+                                        in_shape, dtype, platforms)
+        # Layers measured alone can mislead at small batches (the whole artifact's fixed cost
+        # dominates there): switch the whole model to its sparse layers only from the batch
+        # size where the whole artifact measured faster.
+        t = _threshold(timing["chosen"], timing["dense"], batch_sizes)
+        if t is not None and t > smallest:
+            candidates["switched"] = _assemble(cm, products, weights, layer_recs, smallest, t)
+    built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
+                                    in_shape, dtype, platforms)
     ok = [n for n in built
           if all(timing[n][str(b)] <= timing["original"][str(b)] for b in batch_sizes)]
     name = min(ok or list(built), key=lambda n: sum(timing[n].values()))
-    if name != "chosen":
-        for rec in layer_recs:
+    for rec in layer_recs:
+        if name == "dense":
             rec["compute"] = "dense"
+            rec.pop("from_batch", None)
+        elif name == "switched" and "from_batch" in rec:
+            rec["from_batch"] = max(rec["from_batch"], t)
     exp, flat = built[name]
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
