@@ -192,21 +192,23 @@ def test_from_batch_switches_products_inside_one_exported_function():
     assert calls == [9]
 
 
+def _fake_timer(fast):
+    """A stand-in for ``artifact.time_calls``: 1 us where ``fast(name, batch)``, else 5 us
+    (each call is run once, to learn its batch size from the output)."""
+    def time_calls(fns, repeats):
+        return {name: [1e-6 if fast(name, np.asarray(f()).shape[0]) else 5e-6]
+                for name, f in fns.items()}
+    return time_calls
+
+
 def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monkeypatch):
     """With timings where CSR beats dense only from batch 32 on, the artifact computes its
     sparse layers by CSR from 32 on and densely below: outputs equal the masked model's at
     both, and the manifest says so (the custom call included); portable=True avoids it."""
     import gpjax.export.artifact as artifact
 
-    def fake_time_calls(fns, repeats):
-        out = {}
-        for name, f in fns.items():
-            b = np.asarray(f()).shape[0]
-            fast = name in ("chosen",) or (name == "csr" and b >= 32)
-            out[name] = [1e-6 if fast else 5e-6]
-        return out
-
-    monkeypatch.setattr(artifact, "time_calls", fake_time_calls)
+    monkeypatch.setattr(artifact, "time_calls", _fake_timer(
+        lambda name, b: name == "chosen" or (name == "csr" and b >= 32)))
     params, masks = _state(seed=4)
     x = np.random.default_rng(5).normal(size=(40, 784)).astype(np.float32)
     m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
@@ -228,16 +230,9 @@ def test_export_switches_the_whole_model_where_layers_alone_mislead(tmp_path, mo
     the export keeps the dense model below 32 ("switched"), and it is still exact."""
     import gpjax.export.artifact as artifact
 
-    def fake_time_calls(fns, repeats):
-        out = {}
-        for name, f in fns.items():
-            b = np.asarray(f()).shape[0]
-            fast = (name == "csr" or (name == "chosen" and b >= 32)
-                    or (name == "switched") or (name == "dense" and b < 32))
-            out[name] = [1e-6 if fast else 5e-6]
-        return out
-
-    monkeypatch.setattr(artifact, "time_calls", fake_time_calls)
+    monkeypatch.setattr(artifact, "time_calls", _fake_timer(
+        lambda name, b: (name in ("csr", "switched") or (name == "chosen" and b >= 32)
+                         or (name == "dense" and b < 32))))
     params, masks = _state(seed=6)
     x = np.random.default_rng(7).normal(size=(40, 784)).astype(np.float32)
     m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
