@@ -35,7 +35,8 @@ jax.config.update("jax_compilation_cache_max_size",
 
 def pytest_sessionfinish(session, exitstatus):
     """The run's cache goes with the run (the controller, after its workers, removes it)."""
-    if not hasattr(session.config, "workerinput") and str(XLA_CACHE).endswith(_RUN):
+    ours = os.environ.get("JAX_COMPILATION_CACHE_DIR") == str(XLA_CACHE)  # not a user's own
+    if ours and not hasattr(session.config, "workerinput"):
         shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 

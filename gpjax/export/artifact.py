@@ -350,8 +350,9 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         t = _threshold(timing["chosen"], timing["dense"], batch_sizes)
         if t is not None and t > smallest:
             candidates["switched"] = _assemble(cm, products, weights, layer_recs, smallest, t)
-    built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
-                                    in_shape, dtype, platforms)
+    if "switched" in candidates or "dense" not in candidates:  # (re)time what is new
+        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
+                                        in_shape, dtype, platforms)
     ok = [n for n in built
           if all(timing[n][str(b)] <= timing["original"][str(b)] for b in batch_sizes)]
     name = min(ok or list(built), key=lambda n: sum(timing[n].values()))
