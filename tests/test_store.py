@@ -78,7 +78,7 @@ def _create(path: Path, files: Path) -> ModelStore:
     return ModelStore.create(path, model="usermodels:TinyMLP", model_kwargs={"width": 32},
                              policy_overrides=POLICY, search_path=files,
                              recipe=Recipe(batch_size=64, checkpoint_every=1,
-                                           prune_checkpoint_every=1))
+                                           prune_checkpoint_every=1, checkpoint_interval_s=0.0))
 
 
 def _snapshot(path: Path) -> dict[str, str]:

@@ -53,6 +53,13 @@ class ExperimentConfig:
       checkpoint_every: save inside growth/training phases every this many epochs (0: only
         after rounds and phases).
       prune_checkpoint_every: save inside pruning phases every this many held iterations.
+      checkpoint_interval_s: but inside a phase not sooner than this many seconds after the
+        previous save (60: a crash loses at most about a minute; on MNIST chunks an epoch is
+        well under a second, and saving every 5 of them took 6-8% of a round in
+        ``benchmarks/results/round_breakdown_2026-12-01.md``). 0: every time.
+      nonrecoverable_rounds: which rounds derive the policy's non-recoverable model: "last"
+        (FIG. 7 reads it off the last round; it costs a second pruning phase, ~20-25 epochs
+        of retraining per MNIST round, so the tables' runs skip it elsewhere) or "all".
       heatmap: draw FIG. 5's 28x28 pixel-connection heatmap after every round.
     """
 
@@ -77,6 +84,8 @@ class ExperimentConfig:
     policies: dict = dataclasses.field(default_factory=dict)
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
+    checkpoint_interval_s: float = 60.0
+    nonrecoverable_rounds: str = "last"
     heatmap: bool = False
 
     def __post_init__(self) -> None:
@@ -84,8 +93,11 @@ class ExperimentConfig:
         for name in ("batch_size", "eval_batch_size", "chunks", "initial_chunks", "rounds",
                      "n_train", "n_validation", "n_test"):
             check_range(self, name, 1)
-        for name in ("checkpoint_every", "prune_checkpoint_every"):
+        for name in ("checkpoint_every", "prune_checkpoint_every", "checkpoint_interval_s"):
             check_range(self, name, 0)
+        if self.nonrecoverable_rounds not in ("all", "last"):
+            raise ConfigError("ExperimentConfig.nonrecoverable_rounds must be 'all' or 'last', "
+                              f"got {self.nonrecoverable_rounds!r}")
         if self.initial_chunks > self.chunks:
             raise ConfigError(f"ExperimentConfig.initial_chunks ({self.initial_chunks}) must be "
                               f"at most chunks ({self.chunks})")
@@ -124,6 +136,7 @@ _AN4 = {"growprune": {"new_epochs": 20, "all_epochs": 30, "first_epochs": 150},
 
 _TINY = dict(n_train=300, n_validation=100, n_test=200, chunks=3, batch_size=32, augment=False,
              eval_batch_size=100, checkpoint_every=2, prune_checkpoint_every=2,
+             checkpoint_interval_s=0.0,
              policies=_tiny_policies())
 
 CONFIGS: dict[str, ExperimentConfig] = {}
@@ -138,10 +151,12 @@ _register(ExperimentConfig("lenet300_mnist_tiny", model_kwargs={"hidden": [32, 1
 # Class-incremental rounds start from a model that was just trained on one new class (its loss
 # on the merged data is ~100): gradients are clipped, or lr 0.1 diverges to NaN there.
 _CLIPPED = OptimizerConfig(clip_norm=5.0)
+# FIG. 5 draws the non-recoverable model's pixel map after every round.
 _register(ExperimentConfig("lenet300_mnist_classes", scenario="classes", heatmap=True,
-                           class_rounds=((1, 2), (0,), (6,), (7,)), optimizer=_CLIPPED))
+                           class_rounds=((1, 2), (0,), (6,), (7,)), optimizer=_CLIPPED,
+                           nonrecoverable_rounds="all"))
 _register(ExperimentConfig("lenet300_mnist_classes_tiny", scenario="classes", heatmap=True,
-                           optimizer=_CLIPPED,
+                           optimizer=_CLIPPED, nonrecoverable_rounds="all",
                            class_rounds=((1, 2), (0,), (6,)), model_kwargs={"hidden": [32, 16]},
                            **{**_TINY, "n_train": 600}))
 _register(ExperimentConfig("lenet5_mnist", model="lenet5"))

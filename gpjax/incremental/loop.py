@@ -8,7 +8,8 @@ writes one result row per round.
 
 Checkpoints (:class:`~gpjax.incremental.checkpoint.RoundCheckpointer`): after every round, after
 every phase, every ``checkpoint_every`` epochs inside growth/training phases and every
-``prune_checkpoint_every`` held iterations inside pruning. A checkpoint holds the current
+``prune_checkpoint_every`` held iterations inside pruning (at most one inside a phase per
+``checkpoint_interval_s`` seconds). A checkpoint holds the current
 training state (params, masks, batch statistics, optimiser state, PRNG key), the model carried
 to the next round, and JSON meta: position (round, phase, epoch or iteration), the cost so far,
 the rows so far. Resuming restores the newest intact one and continues from that position; as
@@ -229,7 +230,8 @@ class _Run:
                 self.trainer, plan, data, self.policy.prune, state=state, resume=pos.progress,
                 carry_next=carry_next, snapshot=snapshot,
                 checkpoint_every=self.cfg.checkpoint_every,
-                prune_checkpoint_every=self.cfg.prune_checkpoint_every, measure=measure)
+                prune_checkpoint_every=self.cfg.prune_checkpoint_every,
+                checkpoint_interval_s=self.cfg.checkpoint_interval_s, measure=measure)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"round {r} ({self.policy.name}, seed {self.seed}), {err}; the last good "
@@ -251,7 +253,9 @@ class _Run:
         val_err = 100.0 * self.trainer.error(state, data.validation)
         counts = gpjax.count_params(state.masks)
         nonrec, compact = {}, None
-        if self.policy.nonrecoverable is not None:
+        last = r == self.exp.scenario.num_rounds - 1
+        if self.policy.nonrecoverable is not None and (
+                last or self.cfg.nonrecoverable_rounds == "all"):
             compact, plog = nonrecoverable(self.trainer, state, data, self.policy.nonrecoverable)
             nonrec = {
                 "params_nonrecoverable": gpjax.count_params(compact.masks).active,

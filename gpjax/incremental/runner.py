@@ -10,9 +10,11 @@ the model before pruning and after every held iteration). The simulation
 (:func:`gpjax.incremental.run`), the model store (:class:`gpjax.incremental.ModelStore`) and
 the experiment scripts call it.
 
-Interruptions: ``snapshot(state, carry, progress)`` is called after every phase, every
-``checkpoint_every`` epochs of a growth/training phase and every ``prune_checkpoint_every``
-held pruning iterations; ``progress`` is a JSON-able dict. Calling :func:`update` again with
+Interruptions: ``snapshot(state, carry, progress)`` is called after every phase, and inside
+phases every ``checkpoint_every`` epochs of a growth/training phase and every
+``prune_checkpoint_every`` held pruning iterations, but not sooner than ``checkpoint_interval_s``
+seconds after the previous snapshot (a save costs ~0.1 s; on small data an epoch takes less);
+``progress`` is a JSON-able dict. Calling :func:`update` again with
 that state, carry and ``resume=progress`` continues where it was and gives the same result as an
 uninterrupted call (every draw comes from the state's key; the data order from the data).
 """
@@ -145,6 +147,7 @@ def update(
     snapshot: Snapshot | None = None,
     checkpoint_every: int = 0,
     prune_checkpoint_every: int = 0,
+    checkpoint_interval_s: float = 0.0,
     measure: Callable[[TrainState], dict] | None = None,
     on_epoch: Callable[[PhaseSpec, TrainState, dict, float], None] | None = None,
 ) -> tuple[TrainState, dict, UpdateLog]:
@@ -164,6 +167,8 @@ def update(
       checkpoint_every: snapshot every this many epochs inside growth/training phases (0: after
         phases only).
       prune_checkpoint_every: snapshot every this many held pruning iterations.
+      checkpoint_interval_s: skip a snapshot inside a phase when the previous snapshot of
+        this update is less than this many seconds old (snapshots after phases always happen).
       measure: ``measure(state) -> {name: percent}`` added to every point of the pruning curve
         (e.g. test error).
       on_epoch: ``on_epoch(spec, state, event, cost_so_far)`` after every growth/training epoch
@@ -181,6 +186,7 @@ def update(
     if state is None:
         state = place(start_state(trainer, plan, key, example_batch, carry))
     first = int(progress.get("phase", 0))
+    last_save = [time.perf_counter()]
     for p in range(first, len(plan.phases)):
         spec = plan.phases[p]
         inner = int(progress.get("inner", 0)) if p == first else 0
@@ -189,12 +195,15 @@ def update(
         phase_log = _resumed_log(spec.name, here)
 
         def save(st, at, extra=None, p=p, t0=t0, phase_log=phase_log, cn=carry_next, spec=spec):
+            if time.perf_counter() - last_save[0] < checkpoint_interval_s:
+                return
             c = cost.to_dict()
             c["wall_time_s"] += time.perf_counter() - t0
             snapshot(st, cn, {"phase": p, "inner": at, "cost": c, "events": log.events,
                               "curve": log.prune_curve, "phase_name": spec.name,
                               "partial": {"epochs": phase_log.epochs,
                                           "examples": phase_log.examples}, **(extra or {})})
+            last_save[0] = time.perf_counter()
 
         if spec.kind in ("grow", "train"):
             state = _grow_or_train(trainer, spec, state, data, inner, phase_log, cost,
@@ -213,6 +222,7 @@ def update(
         if snapshot is not None:
             snapshot(state, carry_next, {"phase": p + 1, "inner": 0, "cost": cost.to_dict(),
                                          "events": log.events, "curve": log.prune_curve})
+            last_save[0] = time.perf_counter()
     if carry_next is None:
         carry_next = model_of(state)
     return state, carry_next, log

@@ -75,6 +75,8 @@ class Recipe:
       validation_fraction: share of each data file held out for validation.
       seed: seed of initialisation, data order and the validation split.
       checkpoint_every, prune_checkpoint_every: in-update checkpoints (for ``--resume``).
+      checkpoint_interval_s: at most one in-update checkpoint inside a phase per this many
+        seconds (phase ends always save; 0: every time).
     """
 
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -85,6 +87,7 @@ class Recipe:
     seed: int = 0
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
+    checkpoint_interval_s: float = 60.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -495,7 +498,8 @@ class ModelStore:
                 trainer, plan, data, pol.prune, state=state, key=key, example_batch=example,
                 carry=carry, resume=resume, carry_next=carry_next, snapshot=snapshot,
                 checkpoint_every=self.recipe.checkpoint_every,
-                prune_checkpoint_every=self.recipe.prune_checkpoint_every, measure=measure)
+                prune_checkpoint_every=self.recipe.prune_checkpoint_every,
+                checkpoint_interval_s=self.recipe.checkpoint_interval_s, measure=measure)
         finally:
             ckpt.close()
         nonrec = None
