@@ -10,8 +10,11 @@ inside the category that triggered it, so it is reported beside them, not added)
     python -m benchmarks.round_breakdown --config lenet300_mnist --policy growprune,tfs \\
         --rounds 2 --out benchmarks/results
 
-writes ``round_breakdown_<date>.md`` / ``.json``: per policy and round, seconds and share of
-the round's wall time per category.
+writes ``round_breakdown_<date><suffix>.md`` / ``.json``: per policy and round, seconds and
+share of the round's wall time per category, and the same summed over each policy's rounds.
+``--keep DIR`` keeps the runs as ``gpjax run`` writes them (``DIR/<policy>-seed<seed>``: rows,
+models, checkpoints; ``--resume`` continues them), so a protocol run can be its own
+measurement.
 """
 
 from __future__ import annotations
@@ -113,7 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="lenet300_mnist")
     ap.add_argument("--policy", default="growprune,tfs")
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=None, help="first N rounds (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                    help="write the runs to DIR (as gpjax run --out DIR) instead of a temp dir")
+    ap.add_argument("--resume", action="store_true", help="continue the runs kept in --keep")
     ap.add_argument("--epoch-scale", type=float, default=1.0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -125,11 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
                         args.epoch_scale)
     clock = Clock()
     instrument(clock)
-    exp = build(cfg, 0)
+    exp = build(cfg, args.seed)
     res = {"command": command_line("benchmarks.round_breakdown", argv), "machine": machine(),
            "versions": versions(), "load_start": load_average(), "rounds": []}
     for pol in pols:
-        with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.ExitStack() as stack:
+            tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory())
             marks = {"seconds": dict(clock.seconds), "compile": clock.compile_s,
                      "t": time.perf_counter()}
 
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if event != "round_end":
                     return
                 now = time.perf_counter()
-                row = {"policy": pol.name, "round": r, "wall_s": now - marks["t"],
+                row = {"policy": pol.name, "seed": args.seed, "round": r,
+                       "wall_s": now - marks["t"],
                        "compile_s": clock.compile_s - marks["compile"]}
                 for c in CATEGORIES[:-1]:
                     row[c] = clock.seconds[c] - marks["seconds"].get(c, 0.0)
@@ -145,8 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
                 res["rounds"].append(row)
                 marks.update(seconds=dict(clock.seconds), compile=clock.compile_s, t=now)
 
-            run(exp, pol, 0, tmp, progress=False, callback=on_round)
+            run(exp, pol, args.seed, tmp, progress=False, callback=on_round,
+                resume=args.resume)
     res["load_end"] = load_average()
+    res["totals"] = totals(res["rounds"])
     md = markdown(res)
     print(md)
     write_results(args.out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{args.suffix}", res,
@@ -162,12 +173,24 @@ def markdown(res: dict) -> str:
              "Seconds and share of the round's wall time (the callback that ends a round runs "
              "after its row and checkpoints; the next round's start state is counted in it).",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in res["rounds"]:
+    for r in [*res["rounds"], *totals(res["rounds"])]:
         cells = [r["policy"], str(r["round"]), f"{r['wall_s']:.1f}"]
         cells += [f"{r[c]:.1f} ({100 * r[c] / r['wall_s']:.0f}%)" for c in CATEGORIES]
         cells.append(f"{r['compile_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def totals(rounds: list[dict]) -> list[dict]:
+    """Per policy, and over every policy when there are several: the rounds' sums."""
+    keys = ("wall_s", "compile_s", *CATEGORIES)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rounds:
+        groups[r["policy"]].append(r)
+    if len(groups) > 1:
+        groups["all policies"] = list(rounds)
+    return [{"policy": f"**{name}**", "round": f"sum of {len(rs)}",
+             **{k: sum(r[k] for r in rs) for k in keys}} for name, rs in groups.items()]
 
 
 if __name__ == "__main__":

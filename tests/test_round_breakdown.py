@@ -1,0 +1,23 @@
+"""benchmarks/round_breakdown.py on the tiny config: the categories add up to at most the
+round's wall time, and ``--keep`` leaves a run as ``gpjax run`` writes it. No timing asserted."""
+
+from __future__ import annotations
+
+from benchmarks import round_breakdown
+from gpjax.report import load_rows
+
+
+def test_breakdown_categories_add_up_and_keep_writes_a_run(tmp_path):
+    res = round_breakdown.main(["--config", "lenet300_mnist_tiny", "--policy", "tfs",
+                                "--rounds", "2", "--keep", str(tmp_path / "runs"),
+                                "--out", str(tmp_path / "res")])
+    assert [(r["policy"], r["round"]) for r in res["rounds"]] == [("tfs", 0), ("tfs", 1)]
+    for r in res["rounds"]:
+        timed = sum(r[c] for c in round_breakdown.CATEGORIES[:-1])
+        assert r["train"] > 0 and r["validation"] > 0 and r["test"] > 0
+        assert timed <= r["wall_s"] + 1e-6 and r["other"] >= -1e-6
+    (total,) = res["totals"]
+    assert total["wall_s"] == sum(r["wall_s"] for r in res["rounds"])
+    rows = load_rows(tmp_path / "runs")
+    assert [(r["policy"], r["round"]) for r in rows] == [("tfs", 0), ("tfs", 1)]
+    assert list((tmp_path / "res").glob("round_breakdown_*.md"))
