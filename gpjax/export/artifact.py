@@ -17,9 +17,12 @@ Loading needs ``jax`` alone (no gpjax, no flax)::
     import jax, numpy as np
     exported = jax.export.deserialize(bytearray(open(d + "/model.jax", "rb").read()))
     with np.load(d + "/weights.npz") as z:
-        weights = [jax.device_put(z[f"w{i}"]) for i in range(len(z.files))]
-    predict = jax.jit(exported.call)              # compiled once per input shape
-    logits = predict(weights, x)                  # x: [B, *manifest["input"]["shape"][1:]]
+        weights = [z[f"w{i}"] for i in range(len(z.files))]
+    # The weights as constants of the compiled call (compiled once per input shape): a call
+    # then passes x alone, which at batch 1 takes about a third of the time of passing the
+    # 10-15 weight arrays as arguments (benchmarks/results/inference_targets.md).
+    predict = jax.jit(lambda x: exported.call(weights, x))
+    logits = predict(x)                           # x: [B, *manifest["input"]["shape"][1:]]
 """
 
 from __future__ import annotations
@@ -64,9 +67,9 @@ def load(directory=pathlib.Path(__file__).parent):
     d = pathlib.Path(directory)
     exported = jax.export.deserialize(bytearray((d / "model.jax").read_bytes()))
     with np.load(d / "weights.npz") as z:
-        weights = [jax.device_put(z[f"w{i}"]) for i in range(len(z.files))]
-    call = jax.jit(exported.call)  # compiled once per input shape
-    return lambda x: call(weights, x)
+        weights = [z[f"w{i}"] for i in range(len(z.files))]
+    # Weights as constants of the call (compiled once per input shape): x is its only argument.
+    return jax.jit(lambda x: exported.call(weights, x))
 
 
 if __name__ == "__main__":
@@ -221,10 +224,11 @@ def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
 
 
 def _caller(exported: jax_export.Exported, flat: Sequence[np.ndarray]) -> Callable:
-    """``predict(x)``: the exported call jitted, its weights on the device once."""
-    weights = [jax.device_put(a) for a in flat]
-    call = jax.jit(exported.call)
-    return lambda x: call(weights, x)
+    """``predict(x)``: the exported call jitted with its weights as constants (numpy arrays
+    closed over become constants of the compiled program; device arrays would be passed as
+    arguments on every call, which at batch 1 costs about twice the call itself)."""
+    weights = [np.asarray(a) for a in flat]
+    return jax.jit(lambda x: exported.call(weights, x))
 
 
 def _original_forward(model: Any, params: PyTree, masks: PyTree, aux: PyTree | None,
