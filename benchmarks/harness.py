@@ -7,6 +7,10 @@
 * :func:`med`, :func:`pct`: median and percentiles of samples.
 * :func:`machine`, :func:`versions`, :func:`load_average`, :func:`command_line`: run metadata.
 * :func:`write_results`: ``<out>/<stem>.md`` and ``<out>/<stem>.json``.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already (before
+PyTorch starts its OpenMP threads): spinning OpenMP workers of a PyTorch call otherwise take
+CPU from the JAX call timed right after it in a round-robin group.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -140,7 +146,9 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs"
+    omp = os.environ.get("OMP_WAIT_POLICY")
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs"
+            + (f", OMP_WAIT_POLICY={omp}" if omp else ""))
 
 
 def versions(**extra: str) -> dict[str, str]:
