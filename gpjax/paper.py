@@ -154,6 +154,18 @@ def paper_table(config: str | None) -> PaperTable | None:
     return None
 
 
+_FIG7_BY_FIGURE = {"FIG. 10": "LeNet-300-100", "FIG. 11": "LeNet-5", "FIG. 12": "ResNet-18",
+                   "FIG. 13": "DeepSpeech2"}
+
+
+def fig7_row(config: str | None) -> PruningResult | None:
+    """FIG. 7's row for the network an experiment config trains (via :func:`paper_table`)."""
+    table = paper_table(config)
+    if table is None:
+        return None
+    return next(r for r in FIG7 if r.network == _FIG7_BY_FIGURE[table.figure])
+
+
 def fraction_index(fraction: float | None) -> int | None:
     """Position of a data fraction (0.1, ..., 1.0; or percent 10 ... 100) in the tables, or None
     when it is not one of them (e.g. 1/3 of a three-chunk run)."""

@@ -458,3 +458,26 @@ def test_result_files_and_plots_get_the_umask_mode(tmp_path, rows):
     finally:
         os.umask(old)
         plt.close("all")
+
+
+def test_recoverability_table_is_fig7_of_the_last_round():
+    def row(policy, seed, rnd, frac, err, params, nerr, nparams):
+        return {**_row(policy, seed, rnd, err, params, 50.0), "data_fraction": frac,
+                "test_error_nonrecoverable": nerr, "params_nonrecoverable": nparams,
+                "config": "lenet300_mnist"}
+
+    rows = [row("tfs", s, 9, 1.0, 1.40 + 0.02 * s, 30000, 1.50 + 0.02 * s, 15000)
+            for s in range(2)]
+    rows += [row("growprune", 0, 9, 1.0, 1.30, 20000, 1.36, 11000),
+             {**row("growprune", 0, 8, 0.9, 1.5, 9, 1.6, 5), "params_nonrecoverable": None}]
+    text = report.recoverability_table(rows)
+    assert "round 9" in text
+    assert "| TFS | 2 | 100% | 1.41 ± 0.01 | 30.0 ± 0.0 | 1.51 ± 0.01 | 15.0 ± 0.0 |" in text
+    assert "| Ours (GrowPrune) | 1 | 100% | 1.30 | 20.0 | 1.36 | 11.0 |" in text
+    assert "| paper (LeNet-300-100) | | 100% | 1.33 | 21.7 | 1.40 | 12.2 |" in text
+    assert "FIG. 7" in report.markdown_table(rows)
+    # Not all the data yet: no paper row; no non-recoverable model in the last round: nothing.
+    assert "paper" not in report.recoverability_table(
+        [{**r, "data_fraction": 0.5} for r in rows])
+    assert report.recoverability_table(
+        [{**r, "params_nonrecoverable": None} for r in rows]) == ""

@@ -18,8 +18,9 @@ pruning and after each held iteration, in order (:mod:`gpjax.matched`).
 :func:`write_rows` / :func:`load_rows` store and read them (``results.json`` + ``results.csv``;
 unreadable files are named and skipped), :func:`summarise` averages replicates (mean and
 standard error over seeds), :func:`markdown_table` renders the comparison table in the layout of
-the patent's FIG. 10 followed, for rows with curves, by :func:`matched_size_tables` (errors at
-the paper's size and at matched sizes of each pair of policies), :func:`plot_rows` draws error,
+the patent's FIG. 10 followed by FIG. 7's :func:`recoverability_table` (the last round's
+recoverable vs non-recoverable models) and, for rows with curves, :func:`matched_size_tables`
+(errors at the paper's size and at matched sizes of each pair of policies), :func:`plot_rows` draws error,
 parameters and cost versus round and :func:`curve_figure` the last round's error-versus-size
 curves. FIG. 5's :func:`pixel_connection_heatmap` / :func:`pixel_connection_heatmaps` live in
 :mod:`gpjax.heatmaps` and are importable from here. Files are written atomically with the
@@ -61,6 +62,7 @@ from gpjax.report.tables import (
     markdown_table,
     matched_size_tables,
     numeric_metrics,
+    recoverability_table,
     summarise,
 )
 
@@ -68,6 +70,7 @@ __all__ = [
     "COLUMNS", "FORMAT", "FORMAT_VERSION", "ID_KEYS", "METRIC_FORMATS", "POLICY_NAMES",
     "POLICY_ORDER", "RESULTS_CSV", "RESULTS_JSON", "Row", "build_figures", "columns",
     "curve_figure", "load_rows", "markdown_table", "matched_size_tables", "numeric_metrics",
+    "recoverability_table",
     "ordered_policies", "pixel_connection_counts", "pixel_connection_heatmap",
     "pixel_connection_heatmaps", "plot_rows", "policy_key", "policy_label", "summarise",
     "write_rows",

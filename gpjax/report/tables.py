@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gpjax import matched
-from gpjax.paper import paper_table, paper_value
+from gpjax.paper import fig7_row, paper_table, paper_value
 from gpjax.report.rows import (
     COLUMNS,
     ID_KEYS,
@@ -149,8 +149,10 @@ def markdown_table(rows: Sequence[Row],
     note = ("Cells: mean ± standard error over seeds (n = " + ", ".join(map(str, ns)) + ")."
             if max_n > 1 else "Cells: single run (one seed).")
     text = "\n".join(lines) + "\n\n" + note + "\n"
-    section = matched_size_tables(rows, policies=pols)
-    return text + ("\n" + section if section else "")
+    for section in (recoverability_table(rows, policies=pols),
+                    matched_size_tables(rows, policies=pols)):
+        text += "\n" + section if section else ""
+    return text
 
 
 def _matched_cell(summary: Mapping[tuple, Row], counts: Mapping[tuple, dict],
@@ -261,3 +263,42 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
     return "\n".join(out)
 
 
+
+
+def recoverability_table(rows: Sequence[Row], *, policies: Sequence[str] | None = None) -> str:
+    """Markdown, FIG. 7's layout: the last round's recoverable and non-recoverable models.
+
+    Per policy with a non-recoverable model in the last round of ``rows``: test error and
+    parameters of both (mean ± s.e. over seeds), beside FIG. 7's row for the config's network
+    when the last round holds all the data (the figure's models are the final 100% ones).
+
+    Returns:
+      The Markdown section, or ``""`` when the last round has no non-recoverable model.
+    """
+    last = max(r["round"] for r in rows)
+    final = [r for r in rows if r["round"] == last and _is_number(r.get("params_nonrecoverable"))]
+    if not final:
+        return ""
+    metrics = ["test_error", "params_recoverable", "test_error_nonrecoverable",
+               "params_nonrecoverable"]
+    summary = {s["policy"]: s for s in summarise(final, metrics=metrics + ["data_fraction"])}
+    pols = [p for p in (policies if policies is not None else ordered_policies(final))
+            if p in summary]
+    out = [f"## Recoverable vs non-recoverable pruning (FIG. 7), round {last}", "",
+           "| policy | seeds | data | recoverable: error % | params (K) | "
+           "non-recoverable: error % | params (K) |", "|---|---:|---|---:|---:|---:|---:|"]
+    for p in pols:
+        s = summary[p]
+        # Formatted as the recoverable model's error and parameter columns.
+        cells = [_fmt(s[f"{m}_mean"], s[f"{m}_se"], s["n"],
+                      "test_error" if m.startswith("test") else "params_recoverable")
+                 for m in metrics]
+        out.append(f"| {policy_label(p)} | {s['n']} | {_data_label([s['data_fraction_mean']])} "
+                   f"| " + " | ".join(cells) + " |")
+    paper = fig7_row(next((r.get("config") for r in final), None))
+    fractions = [r.get("data_fraction") for r in final]
+    if paper is not None and all(_is_number(f) and abs(f - 1.0) < 1e-6 for f in fractions):
+        out.append(f"| paper ({paper.network}) | | 100% | {paper.recoverable_error:.2f} | "
+                   f"{paper.recoverable_params / 1e3:.1f} | {paper.nonrecoverable_error:.2f} | "
+                   f"{paper.nonrecoverable_params / 1e3:.1f} |")
+    return "\n".join(out) + "\n"
