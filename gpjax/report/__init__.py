@@ -22,9 +22,9 @@ the patent's FIG. 10 followed by FIG. 7's :func:`recoverability_table` (the last
 recoverable vs non-recoverable models) and, for rows with curves, :func:`matched_size_tables`
 (errors at the paper's size and at matched sizes of each pair of policies),
 :func:`plot_rows` draws error, parameters and cost versus round and :func:`curve_figure` the
-last round's error-versus-size curves. FIG. 5's :func:`pixel_connection_heatmap` / :func:`pixel_connection_heatmaps` live in
-:mod:`gpjax.heatmaps` and are importable from here. Files are written atomically with the
-umask's mode (:mod:`gpjax._files`).
+last round's error-versus-size curves. FIG. 5's :func:`pixel_connection_heatmap` /
+:func:`pixel_connection_heatmaps` live in :mod:`gpjax.heatmaps` and are importable from here.
+Files are written atomically with the umask's mode (:mod:`gpjax._files`).
 
 Modules: :mod:`~gpjax.report.rows` (the row format and files), :mod:`~gpjax.report.tables`
 (summaries and Markdown tables), :mod:`~gpjax.report.plots` (figures).
