@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from benchmarks.harness import command_line
+from gpjax.data.buckets import is_bucketed, length_buckets
 from gpjax.data.speech import BLANK_ID
 from gpjax.incremental import build, get_config
 from gpjax.masks import count_params, init_masks
@@ -77,33 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="initial output bias of the CTC blank (default: the dense layer's 0)")
     p.add_argument("--tiny", action="store_true", help="the tiny corpus and model (tests)")
     return p.parse_args(argv)
-
-
-def length_buckets(data: tuple, k: int, batch_size: int, multiple: int = 16) -> list[tuple]:
-    """The training arrays split into ``k`` buckets of similar length, each cut in time.
-
-    Args:
-      data: ``(features [N, T, F], feature_paddings [N, T], labels, label_paddings)``.
-      k: buckets (1: the data unchanged).
-      batch_size: every bucket gets at least one full batch.
-      multiple: each bucket's frames are its longest utterance rounded up to this.
-
-    Returns:
-      ``k`` (or fewer) tuples like ``data``, utterances sorted by length into contiguous groups
-      of about ``N / k``, frames cut to ``ceil(longest / multiple) * multiple``.
-    """
-    if k <= 1:
-        return [data]
-    lengths = np.sum(1.0 - np.asarray(data[1]), axis=1).astype(int)
-    order = np.argsort(lengths, kind="stable")
-    k = max(1, min(k, len(order) // batch_size))
-    out = []
-    for part in np.array_split(order, k):
-        frames = min(data[0].shape[1], -(-int(lengths[part].max()) // multiple) * multiple)
-        part = np.sort(part)
-        out.append((data[0][part, :frames], data[1][part, :frames], data[2][part],
-                    data[3][part]))
-    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -176,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = TrainState(params, masks, aux, tx.init(params), jax.random.key(args.seed + 1))
     n = len(train[0])
     buckets = length_buckets(train, args.buckets, args.batch_size)
+    buckets = list(buckets.parts) if is_bucketed(buckets) else [buckets]
     bucket_steps = [steps_per_epoch(len(b[0]), args.batch_size) for b in buckets]
     steps = sum(bucket_steps)
     padded = sum(b[0].shape[0] * b[0].shape[1] for b in buckets)

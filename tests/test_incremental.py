@@ -359,8 +359,10 @@ def test_speech_rows_report_wer_and_cer(tmp_path):
     from gpjax.metrics import cer, greedy_ctc_decode, wer
     from gpjax.models import DeepSpeech2
 
+    # Two length buckets of training utterances (batch 8 of the round's 20).
     cfg = dataclasses.replace(get_config("ds2_hlstm_synthetic_tiny"), rounds=1,
-                              checkpoint_every=0, prune_checkpoint_every=0)
+                              checkpoint_every=0, prune_checkpoint_every=0, length_buckets=2,
+                              batch_size=8)
     policy = make_policy("tfs", {**cfg.policies["tfs"], "epochs": 2, "prune.max_iterations": 1,
                                  "nonrecoverable.max_iterations": 1})
     ends = []

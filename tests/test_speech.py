@@ -373,16 +373,22 @@ def test_lengths_to_paddings_numpy_and_jax_agree():
 
 
 def test_length_buckets_cut_padding_and_keep_every_utterance():
-    from experiments.ds2_cpu import length_buckets
+    from gpjax.data.buckets import Bucketed, length_buckets, padded_frames
     lengths = np.array([5, 40, 12, 33, 7, 20, 64, 9])
     split = make_speech_split([np.ones((n, 2), np.float32) * n for n in lengths],
                               ["a"] * len(lengths))
     data = (split.features, split.feature_paddings(), split.labels, split.label_paddings())
-    buckets = length_buckets(data, 2, batch_size=2, multiple=8)
+    bucketed = length_buckets(data, 2, batch_size=2, multiple=8)
+    assert isinstance(bucketed, Bucketed)
+    buckets = bucketed.parts
     assert [b[0].shape[1] for b in buckets] == [16, 64]
+    assert padded_frames(bucketed) == 4 * 16 + 4 * 64 and padded_frames(data) == 8 * 64
     got = sorted(int(n) for b in buckets for n in np.sum(1 - b[1], axis=1))
     assert got == sorted(lengths.tolist())
     for f, p, _, _ in buckets:  # each utterance's frames are kept whole
         n = np.sum(1 - p, axis=1).astype(int)
         np.testing.assert_array_equal(f[:, 0, 0], n)
-    assert length_buckets(data, 1, batch_size=2)[0] is data
+    assert length_buckets(data, 1, batch_size=2) is data
+    assert length_buckets(data, 4, batch_size=8) is data  # fewer full batches than buckets
+    with pytest.raises(ValueError, match="speech split"):
+        length_buckets(data[:2], 2, batch_size=2)

@@ -54,7 +54,8 @@ def is_streamed(data: Any) -> bool:
 
 
 def num_examples(data: PyTree | StreamedSplit) -> int:
-    """Examples in ``data``: its length if streamed, else the leading axis of its leaves.
+    """Examples in ``data``: its length if streamed, the sum over the parts of a
+    :class:`~gpjax.data.buckets.Bucketed` split, else the leading axis of its leaves.
 
     Raises:
       ValueError: the leaves of an array pytree disagree on the number of examples, or there
@@ -62,6 +63,9 @@ def num_examples(data: PyTree | StreamedSplit) -> int:
     """
     if is_streamed(data):
         return len(data)
+    from gpjax.data.buckets import is_bucketed
+    if is_bucketed(data):
+        return sum(num_examples(p) for p in data.parts)
     sizes = {int(np.shape(x)[0]) for x in jax.tree.leaves(data)}
     if len(sizes) != 1:
         raise ValueError("data leaves disagree on the number of examples (leading axis): "

@@ -57,6 +57,10 @@ class ExperimentConfig:
         previous save (60: a crash loses at most about a minute; on MNIST chunks an epoch is
         well under a second, and saving every 5 of them took 6-8% of a round in
         ``benchmarks/results/round_breakdown_2026-12-01.md``). 0: every time.
+      length_buckets: speech only: cut each round's training and validation utterances into
+        this many groups of similar length (:func:`gpjax.data.buckets.length_buckets`), each
+        padded only to its own longest utterance (1: every batch padded to the longest of
+        the split).
       nonrecoverable_rounds: which rounds derive the policy's non-recoverable model: "last"
         (FIG. 7 reads it off the last round; it costs a second pruning phase, ~20-25 epochs
         of retraining per MNIST round, so the tables' runs skip it elsewhere) or "all".
@@ -85,13 +89,14 @@ class ExperimentConfig:
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
     checkpoint_interval_s: float = 60.0
+    length_buckets: int = 1
     nonrecoverable_rounds: str = "last"
     heatmap: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
         for name in ("batch_size", "eval_batch_size", "chunks", "initial_chunks", "rounds",
-                     "n_train", "n_validation", "n_test"):
+                     "n_train", "n_validation", "n_test", "length_buckets"):
             check_range(self, name, 1)
         for name in ("checkpoint_every", "prune_checkpoint_every", "checkpoint_interval_s"):
             check_range(self, name, 0)

@@ -15,6 +15,7 @@ import numpy as np
 
 from gpjax.data.registry import first, load_dataset, materialise
 from gpjax.data.stream import is_streamed, take
+from gpjax.fields import ConfigError
 from gpjax.incremental.configs import ExperimentConfig
 from gpjax.incremental.scenarios import SCENARIOS, Scenario
 from gpjax.models.registry import make_model
@@ -61,6 +62,9 @@ def example_batch(train: PyTree, n: int = 2) -> PyTree:
 def build(cfg: ExperimentConfig, seed: int = 0) -> Experiment:
     """Loads the data and makes the task and scenario of ``cfg`` for run seed ``seed``."""
     data = load_dataset(cfg.dataset, **cfg.dataset_kwargs)
+    if cfg.length_buckets > 1 and data.kind != "speech":
+        raise ConfigError(f"length_buckets={cfg.length_buckets} is for speech data; "
+                          f"{cfg.dataset!r} is {data.kind!r} data: set length_buckets=1")
     splits = [first(s, n) for s, n in ((data.train, cfg.n_train),
                                        (data.validation, cfg.n_validation),
                                        (data.test, cfg.n_test))]

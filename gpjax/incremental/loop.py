@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import gpjax
+from gpjax.data.buckets import Bucketed, is_bucketed, length_buckets
 from gpjax.data.stream import is_streamed
 from gpjax.incremental.configs import ExperimentConfig
 from gpjax.incremental.experiment import Experiment, build
@@ -163,9 +164,17 @@ class _Run:
         """
         if is_streamed(data):
             return data
+        if is_bucketed(data):
+            return Bucketed(tuple(self.put(p) for p in data.parts))
         n = num_examples(data)
         sharding = self.split if self.ndev > 1 and n % self.ndev == 0 else self.replicated
         return jax.device_put(jax.tree.map(jnp.asarray, data), sharding)
+
+    def bucket(self, data: PyTree) -> PyTree:
+        """``data`` in the config's length buckets (speech splits; unchanged for 1)."""
+        if self.cfg.length_buckets <= 1:
+            return data
+        return length_buckets(tuple(data), self.cfg.length_buckets, self.cfg.batch_size)
 
     def replicate(self, tree: PyTree) -> PyTree:
         return jax.device_put(tree, self.replicated)
@@ -209,7 +218,7 @@ class _Run:
         """
         rd = self.exp.scenario.round(r)
         plan = self.policy.plan(r)
-        data = RoundData(self.put(rd.new), self.put(rd.all), self.put(rd.validation))
+        data = RoundData(*(self.put(self.bucket(d)) for d in (rd.new, rd.all, rd.validation)))
         test = self.put(rd.test)
         if state is None:
             # Not saved: a resume recomputes it from the previous round's checkpoint.

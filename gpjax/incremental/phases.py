@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import gpjax
+from gpjax.data.buckets import is_bucketed
 from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.train import (
     Task,
@@ -79,9 +80,33 @@ class Trainer:
     progress: bool = True
     batch_sharding: Any = None
 
+    def steps(self, data: PyTree) -> int:
+        """Training steps of one epoch over ``data`` (summed over the parts of a
+        :class:`~gpjax.data.buckets.Bucketed` split)."""
+        if is_bucketed(data):
+            return sum(self.steps(p) for p in data.parts)
+        return steps_per_epoch(num_examples(data), self.batch_size)
+
     def epoch(self, state: TrainState, data: PyTree, rates: np.ndarray, *,
               where: str) -> tuple[TrainState, float]:
-        """One training epoch; raises :class:`NonFiniteLossError` naming ``where``."""
+        """One training epoch (``rates``: ``[self.steps(data)]``); raises
+        :class:`NonFiniteLossError` naming ``where``.
+
+        A bucketed split runs its parts in an order drawn from the state's key, the schedule
+        ``rates`` running on across them; the loss is the mean over all steps.
+        """
+        if is_bucketed(data):
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(state.key, 1),
+                                                      len(data.parts)))
+            offsets = np.cumsum([0] + [self.steps(p) for p in data.parts])
+            total, start = 0.0, 0
+            for i in order:
+                n_steps = offsets[i + 1] - offsets[i]
+                state, loss = self.epoch(state, data.parts[i], rates[start:start + n_steps],
+                                         where=where)
+                total += loss * n_steps
+                start += n_steps
+            return state, total / max(int(offsets[-1]), 1)
         state, loss = train_epoch(state, data, rates, task=self.task, tx=self.tx,
                                   batch_size=self.batch_size, batch_sharding=self.batch_sharding)
         loss = float(loss)
@@ -90,9 +115,24 @@ class Trainer:
         return state, loss
 
     def error(self, state: TrainState, data: PyTree) -> float:
-        """Mean per-example error on ``data``."""
+        """Mean per-example error on ``data`` (example-weighted over a bucketed split's parts)."""
+        if is_bucketed(data):
+            return sum(self.error(state, p) * num_examples(p) for p in data.parts) / \
+                num_examples(data)
         return evaluate(state.params, state.aux, data, task=self.task,
                         batch_size=self.eval_batch_size)
+
+    def gradients(self, state: TrainState, data: PyTree) -> PyTree:
+        """The epoch-mean growth gradient (:func:`gpjax.train.growth_gradients`); over a
+        bucketed split, the mean of the parts' weighted by the examples each one used."""
+        if not is_bucketed(data):
+            return growth_gradients(state, data, task=self.task, batch_size=self.eval_batch_size)
+        used = [(num_examples(p) // min(self.eval_batch_size, num_examples(p)))
+                * min(self.eval_batch_size, num_examples(p)) for p in data.parts]
+        grads = [growth_gradients(state, p, task=self.task, batch_size=self.eval_batch_size)
+                 for p in data.parts]
+        return jax.tree.map(lambda *g: sum(gi * (u / sum(used)) for gi, u in zip(g, used)),
+                            *grads)
 
     def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False,
@@ -134,7 +174,7 @@ def grow_and_train(
       ``(state, log)``; ``log.epochs`` counts gradient evaluations as epochs too.
     """
     n = num_examples(data)
-    steps = steps_per_epoch(n, trainer.batch_size)
+    steps = trainer.steps(data)
     log = PhaseLog(name) if log is None else log
     bar = trainer.bar(epochs, name)
     bar.update(start_epoch)
@@ -142,8 +182,7 @@ def grow_and_train(
         rates = cosine_rates(learning_rate, steps, start=e * steps, total=epochs * steps)
         event: dict = {"epoch": e}
         if grow and e % grow_every == 0:
-            grads = growth_gradients(state, data, task=trainer.task,
-                                     batch_size=trainer.eval_batch_size)
+            grads = trainer.gradients(state, data)
             params, masks = gpjax.grow(state.params, state.masks, grads, percentile=percentile,
                                        learning_rate=float(rates[0]), scope=scope, init=init,
                                        nonfinite="skip")
@@ -264,7 +303,7 @@ def prune_and_retrain(
       ``(last state that held, log)``; every event records active params and val error.
     """
     n = num_examples(data)
-    steps = steps_per_epoch(n, trainer.batch_size)
+    steps = trainer.steps(data)
     ref = trainer.error(state, validation) if reference_error is None else reference_error
     limit = ref + cfg.tolerance / 100.0
     # ``best`` is a copy: retraining donates the state's buffers (optimiser state, key, batch
