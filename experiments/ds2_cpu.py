@@ -45,11 +45,9 @@ from benchmarks.harness import command_line
 from gpjax.data.buckets import is_bucketed, length_buckets
 from gpjax.data.speech import BLANK_ID
 from gpjax.incremental import build, get_config
+from gpjax.incremental.configs import EASY_CORPUS
 from gpjax.masks import count_params, init_masks
 from gpjax.train import TrainState, cosine_rates, make_optimizer, steps_per_epoch, train_epoch
-
-EASY_CORPUS = {"voices": ["en-us"], "rate_wpm": [150, 170], "snr_db": [30.0, 40.0]}
-"""An easier synthetic corpus for probing: one voice, a narrow speaking rate, little noise."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
