@@ -174,7 +174,8 @@ def markdown(res: dict) -> str:
              "after its row and checkpoints; the next round's start state is counted in it).",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in [*res["rounds"], *totals(res["rounds"])]:
-        cells = [r["policy"], str(r["round"]), f"{r['wall_s']:.1f}"]
+        name = r["policy"] if isinstance(r["round"], int) else f"**{r['policy']}**"
+        cells = [name, str(r["round"]), f"{r['wall_s']:.1f}"]
         cells += [f"{r[c]:.1f} ({100 * r[c] / r['wall_s']:.0f}%)" for c in CATEGORIES]
         cells.append(f"{r['compile_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -189,7 +190,7 @@ def totals(rounds: list[dict]) -> list[dict]:
         groups[r["policy"]].append(r)
     if len(groups) > 1:
         groups["all policies"] = list(rounds)
-    return [{"policy": f"**{name}**", "round": f"sum of {len(rs)}",
+    return [{"policy": name, "round": f"sum of {len(rs)}",
              **{k: sum(r[k] for r in rs) for k in keys}} for name, rs in groups.items()]
 
 
