@@ -171,3 +171,29 @@ def test_ds2_cpu_tiny_end_to_end(tmp_path):
     assert saved["model_kwargs"]["conv_strides"] == [[2, 2], [2, 1], [1, 1]]
     assert saved["model_kwargs"]["rnn_features"] == 16  # the tiny config's, kept
     assert (tmp_path / "curve.csv").read_text().count("\n") == 3
+
+
+def test_parity_table_matches_probes_against_the_reference(tmp_path):
+    from experiments import parity
+    from gpjax.report import write_rows
+
+    def row(policy, seed, curve, epochs):
+        return {"policy": policy, "seed": seed, "round": 1, "data_fraction": 0.2,
+                "test_error": curve[-1][1], "val_error": curve[-1][1], "epochs": epochs,
+                "params_recoverable": curve[-1][0],
+                "prune_curve": [{"active": a, "val_error": e, "test_error": e} for a, e in curve]}
+
+    for seed in (0, 1):  # the reference ends at 20K; the probe's curve has 1.9 / 2.1 there
+        write_rows([row("tfs", seed, [(266000, 1.6), (20000, 1.8)], 90.0)],
+                   tmp_path / "base" / f"tfs-seed{seed}")
+        write_rows([row("growprune", seed, [(60000, 1.7), (19000, 1.9 + 0.2 * seed),
+                                            (10000, 2.0)], 50.0)],
+                   tmp_path / "lr05" / f"growprune-seed{seed}")
+    text = parity.main([str(tmp_path / "base"), str(tmp_path / "lr05"),
+                        "--reference", "base/tfs", "--out", str(tmp_path / "t.md")])
+    line = next(x for x in text.splitlines() if "lr05/growprune" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == ["1", "lr05/growprune", "0,1"]
+    assert cells[5:] == ["10.0 ± 0.0", "2.00 ± 0.00", "50.0 ± 0.0", "20.0 ± 0.0",
+                         "2.00 ± 0.10", "1.80 ± 0.00", "0.20 ± 0.10"]
+    assert (tmp_path / "t.md").read_text() == text
