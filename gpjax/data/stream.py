@@ -30,6 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from gpjax.data.buckets import is_bucketed
+
 PyTree = Any
 
 #: Default host memory of one streamed block (whole mini-batches; at least one).
@@ -63,7 +65,6 @@ def num_examples(data: PyTree | StreamedSplit) -> int:
     """
     if is_streamed(data):
         return len(data)
-    from gpjax.data.buckets import is_bucketed
     if is_bucketed(data):
         return sum(num_examples(p) for p in data.parts)
     sizes = {int(np.shape(x)[0]) for x in jax.tree.leaves(data)}

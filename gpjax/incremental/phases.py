@@ -127,12 +127,12 @@ class Trainer:
         bucketed split, the mean of the parts' weighted by the examples each one used."""
         if not is_bucketed(data):
             return growth_gradients(state, data, task=self.task, batch_size=self.eval_batch_size)
-        used = [(num_examples(p) // min(self.eval_batch_size, num_examples(p)))
-                * min(self.eval_batch_size, num_examples(p)) for p in data.parts]
+        sizes = [num_examples(p) for p in data.parts]
+        used = np.array([n - n % min(self.eval_batch_size, n) for n in sizes], np.float64)
+        weights = used / used.sum()
         grads = [growth_gradients(state, p, task=self.task, batch_size=self.eval_batch_size)
                  for p in data.parts]
-        return jax.tree.map(lambda *g: sum(gi * (u / sum(used)) for gi, u in zip(g, used)),
-                            *grads)
+        return jax.tree.map(lambda *g: sum(w * gi for w, gi in zip(weights, g)), *grads)
 
     def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False,
