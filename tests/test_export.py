@@ -244,3 +244,24 @@ def test_export_switches_the_whole_model_where_layers_alone_mislead(tmp_path, mo
     for n in (1, 40):
         np.testing.assert_allclose(np.asarray(predict(x[:n])),
                                    _masked_forward(params, masks, x[:n]), atol=1e-4)
+
+
+def test_export_times_each_layers_alternative_in_the_whole_artifact(tmp_path, monkeypatch):
+    """Layers timed alone never favour a sparse product, the whole artifact with each layer on
+    its alternative (the variant fastest at the largest batch, from that batch on) is faster:
+    the export keeps that whole ("alternative"), records it per layer, and is still exact."""
+    import gpjax.export.artifact as artifact
+
+    monkeypatch.setattr(artifact, "time_calls", _fake_timer(
+        lambda name, b: name == "alternative"))
+    params, masks = _state(seed=8)
+    x = np.random.default_rng(9).normal(size=(40, 784)).astype(np.float32)
+    m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1)
+    assert m["timings_us"]["chosen"] == "alternative" and m["timings_us"]["never_slower"]
+    sparse = [r for r in m["layers"] if r["compute"] != "dense"]
+    assert sparse and all(r["from_batch"] == 32 for r in sparse)
+    predict = artifact.load_artifact(tmp_path / "a")
+    for n in (1, 40):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])),
+                                   _masked_forward(params, masks, x[:n]), atol=1e-4)

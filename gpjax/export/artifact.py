@@ -2,8 +2,10 @@
 
 :func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per dense layer
 how the artifact computes (the compact dense product, or a sparse one from the batch size on
-where it measures faster, dense below it), checks the whole artifact against the dense model it
-came from at those batch sizes, and writes a directory::
+where it measures faster, dense below it), then times whole artifacts (that choice, every
+eligible layer on its fastest sparse variant, the compact dense model) against the dense model
+it came from at those batch sizes, keeps the fastest that is nowhere slower, and writes a
+directory::
 
     model.jax        jax.export serialization (StableHLO, symbolic batch dimension "b")
     weights.npz      its weights, arrays w0, w1, ... (the function's first argument, a list)
@@ -110,50 +112,66 @@ def _threshold(variant: dict[str, float], dense: dict[str, float],
     return t
 
 
+def _time_layer(k: np.ndarray, batch_sizes: Sequence[int], repeats: int,
+                rng: np.random.Generator, portable: bool) -> tuple[dict, dict]:
+    """A dense layer's sparse variants and the median microseconds of each, and of the dense
+    product, per batch size: ``(variants, {name: {batch: us}})``."""
+    variants = sparse_variants(k, portable=portable)
+    dense_fn = jax.jit(lambda x, k: x @ k)
+    timings: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = jnp.asarray(rng.standard_normal((b, k.shape[0]), np.float32))
+        fns = {"dense": lambda x=x, f=dense_fn, k=k: f(x, k)}
+        for name, (vw, prod) in variants.items():
+            f = jax.jit(prod)
+            fns[name] = lambda x=x, f=f, vw=vw: f(x, vw)
+        for name, s in time_calls(fns, repeats).items():
+            timings.setdefault(name, {})[str(b)] = _median_us(s)
+    return variants, timings
+
+
 def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
                    rng: np.random.Generator, portable: bool = False
-                   ) -> tuple[list, list, list[dict]]:
-    """Per layer: the sparse product (None = dense), its weights, and the measurements.
+                   ) -> tuple[list, list, list[dict], list]:
+    """Per layer: the sparse product (None = dense), its weights, the measurements, and the
+    alternative for the whole-artifact check.
 
     A sparse product is used from the batch size on where it measures faster than the dense
     one at that and every larger measured size (:func:`~gpjax.export.sparse.from_batch`); of
-    several, the one that saves the most time summed over those sizes.
+    several, the one that saves the most time summed over those sizes. The alternative of a
+    sparse-eligible layer (density < 0.5) is ``(name, product, weights, from_batch)`` of the
+    variant fastest at the largest batch size, from its threshold or else from that size: a
+    layer's choice can hinge on microseconds its neighbours' fusion changes, so the export
+    times the artifact with every alternative too and keeps the faster whole.
     """
-    products, weights, records = [], [], []
+    products, weights, records, alternatives = [], [], [], []
+    largest = max(batch_sizes)
     for layer, w in zip(cm.layers, cm.weights):
         k = np.asarray(w["kernel"])
         rec: dict[str, Any] = {"kind": layer.kind, "shape": list(k.shape),
                                "nonzero": int(np.count_nonzero(k)), "compute": "dense"}
-        chosen, chosen_w = None, w
-        nnz_frac = rec["nonzero"] / max(k.size, 1)
-        if layer.kind == "dense" and k.size and nnz_frac < 0.5:
-            variants = sparse_variants(k, portable=portable)
-            dense_fn = jax.jit(lambda x, k: x @ k)
-            timings: dict[str, dict[str, float]] = {}
-            for b in batch_sizes:
-                x = jnp.asarray(rng.standard_normal((b, k.shape[0]), np.float32))
-                fns = {"dense": lambda x=x, f=dense_fn, k=k: f(x, k)}
-                for name, (vw, prod) in variants.items():
-                    f = jax.jit(prod)
-                    fns[name] = lambda x=x, f=f, vw=vw: f(x, vw)
-                for name, s in time_calls(fns, repeats).items():
-                    timings.setdefault(name, {})[str(b)] = _median_us(s)
+        chosen, chosen_w, alt = None, w, None
+        if layer.kind == "dense" and k.size and rec["nonzero"] / k.size < 0.5:
+            variants, timings = _time_layer(k, batch_sizes, repeats, rng, portable)
             rec["timings_us"] = timings
-            saving = {}
+            saving, starts = {}, {}
             for n in variants:
-                t = _threshold(timings[n], timings["dense"], batch_sizes)
-                if t is not None:
-                    saving[n] = (sum(timings["dense"][str(b)] - timings[n][str(b)]
-                                     for b in batch_sizes if b >= t), t)
+                starts[n] = _threshold(timings[n], timings["dense"], batch_sizes)
+                if starts[n] is not None:
+                    saving[n] = sum(timings["dense"][str(b)] - timings[n][str(b)]
+                                    for b in batch_sizes if b >= starts[n])
             if saving:
-                best = max(saving, key=lambda n: saving[n][0])
+                best = max(saving, key=saving.get)
                 chosen_w, chosen = variants[best]
-                rec["compute"] = best
-                rec["from_batch"] = int(saving[best][1])
+                rec["compute"], rec["from_batch"] = best, int(starts[best])
+            fastest = min(variants, key=lambda n: timings[n][str(largest)])
+            alt = (fastest, variants[fastest][1], variants[fastest][0],
+                   int(starts[fastest] or largest))
         products.append(chosen)
         weights.append(chosen_w)
         records.append(rec)
-    return products, weights, records
+        alternatives.append(alt)
+    return products, weights, records, alternatives
 
 
 def _assemble(cm: CompactModel, products: Sequence, sparse_w: Sequence, records: Sequence[dict],
@@ -212,6 +230,54 @@ def _time_artifacts(cm: CompactModel, candidates: dict, original: Callable,
         for n, s in time_calls(fns, repeats).items():
             timing.setdefault(n, {})[str(b)] = _median_us(s)
     return built, timing
+
+
+def _pick_artifact(cm: CompactModel, chosen: tuple, alternatives: Sequence, original: Callable,
+                   batch_sizes: Sequence[int], repeats: int, rng: np.random.Generator,
+                   in_shape: tuple, dtype: Any, platforms: Sequence[str] | None
+                   ) -> tuple[str, dict, dict, list[dict], bool]:
+    """Times whole artifacts beside the original model and picks the fastest that is nowhere
+    slower than it (else the fastest): ``(name, built, timing, layer records, never
+    slower)``.
+
+    Candidates: the per-layer choice ("chosen"); every sparse-eligible layer on its
+    alternative ("alternative", when that differs); the compact dense model ("dense"); and the
+    per-layer choice used only from the batch size where the whole of it beat the dense
+    artifact ("switched": layers timed alone mislead at small batches, where the artifact's
+    fixed cost dominates). The fastest is the one with the least time summed over the batch
+    sizes.
+    """
+    products, weights, recs = chosen
+    smallest = min(batch_sizes)
+    candidates = {"chosen": _assemble(cm, products, weights, recs, smallest)}
+    alt_recs = [{**r, "compute": a[0], "from_batch": a[3]} if a else r
+                for r, a in zip(recs, alternatives)]
+    if alt_recs != recs:
+        candidates["alternative"] = _assemble(
+            cm, [a[1] if a else None for a in alternatives],
+            [a[2] if a else w for a, w in zip(alternatives, weights)], alt_recs, smallest)
+    t = None
+    if len(candidates) > 1 or any(p is not None for p in products):
+        candidates["dense"] = (list(cm.weights), [None] * len(products))
+        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
+                                        in_shape, dtype, platforms)
+        t = _threshold(timing["chosen"], timing["dense"], batch_sizes)
+        if t is not None and t > smallest:
+            candidates["switched"] = _assemble(cm, products, weights, recs, smallest, t)
+    if "switched" in candidates or "dense" not in candidates:  # (re)time what is new
+        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
+                                        in_shape, dtype, platforms)
+    ok = [n for n in built
+          if all(timing[n][str(b)] <= timing["original"][str(b)] for b in batch_sizes)]
+    name = min(ok or list(built), key=lambda n: sum(timing[n].values()))
+    out = alt_recs if name == "alternative" else recs
+    for rec in out:
+        if name == "dense" and rec["compute"] != "dense":
+            rec["compute"] = "dense"
+            rec.pop("from_batch", None)
+        elif name == "switched" and "from_batch" in rec:
+            rec["from_batch"] = max(rec["from_batch"], t)
+    return name, built, timing, out, name in ok
 
 
 def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
@@ -337,35 +403,12 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     cm = compact(params, masks, model, layers=layers, activation=activation)
     cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
     rng = np.random.default_rng(seed)
-    products, weights, layer_recs = _choose_layers(cm, batch_sizes, repeats, rng,
-                                                   portable)
+    products, weights, layer_recs, alternatives = _choose_layers(cm, batch_sizes, repeats, rng,
+                                                                 portable)
     original = _original_forward(model, params, masks, aux, cm_full)
-
-    smallest = min(batch_sizes)
-    candidates = {"chosen": _assemble(cm, products, weights, layer_recs, smallest)}
-    t = None
-    if any(p is not None for p in products):
-        candidates["dense"] = (list(cm.weights), [None] * len(products))
-        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
-                                        in_shape, dtype, platforms)
-        # Layers measured alone can mislead at small batches (the whole artifact's fixed cost
-        # dominates there): switch the whole model to its sparse layers only from the batch
-        # size where the whole artifact measured faster.
-        t = _threshold(timing["chosen"], timing["dense"], batch_sizes)
-        if t is not None and t > smallest:
-            candidates["switched"] = _assemble(cm, products, weights, layer_recs, smallest, t)
-    if "switched" in candidates or "dense" not in candidates:  # (re)time what is new
-        built, timing = _time_artifacts(cm, candidates, original, batch_sizes, repeats, rng,
-                                        in_shape, dtype, platforms)
-    ok = [n for n in built
-          if all(timing[n][str(b)] <= timing["original"][str(b)] for b in batch_sizes)]
-    name = min(ok or list(built), key=lambda n: sum(timing[n].values()))
-    for rec in layer_recs:
-        if name == "dense":
-            rec["compute"] = "dense"
-            rec.pop("from_batch", None)
-        elif name == "switched" and "from_batch" in rec:
-            rec["from_batch"] = max(rec["from_batch"], t)
+    name, built, timing, layer_recs, never_slower = _pick_artifact(
+        cm, (products, weights, layer_recs), alternatives, original, batch_sizes, repeats, rng,
+        in_shape, dtype, platforms)
     exp, flat = built[name]
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -409,7 +452,7 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
             "layers": [{"source": s, **r} for s, r in zip(cm.source_kernels, layer_recs)],
             "timings_us": {"batch_sizes": list(batch_sizes), "repeats": repeats,
                            "median": timing, "chosen": name,
-                           "never_slower": name in ok},
+                           "never_slower": never_slower},
             "accuracy": accuracy,
             "source": source,
             "versions": {"gpjax": _version("gpjax-incremental"), "jax": jax.__version__,
