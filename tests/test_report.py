@@ -382,6 +382,8 @@ def test_paper_tables_hold_the_figures_numbers():
     f10, f11 = paper.paper_table("lenet300_mnist"), paper.paper_table("lenet5_mnist_tiny")
     assert f10.figure == "FIG. 10" and f11.figure == "FIG. 11"
     assert paper.paper_table("resnet18_mnist") is None and paper.paper_table(None) is None
+    assert paper.paper_table("ds2_hlstm_synthetic_cpu").figure == "FIG. 13"
+    assert paper.fig7_row("ds2_hlstm_synthetic_cpu").network == "DeepSpeech2"
     assert [None if v is None else v / 1e3 for v in f10.params["growprune"]] == \
         [13.9, 17.6, 17.0, 13.8, 17.0, 26.5, 21.5, None, 20.8, 21.7]
     assert f10.error["growprune"] == (2.19, 1.70, 1.60, 1.55, None, 1.39, 1.35, 1.36, 1.33, 1.33)
