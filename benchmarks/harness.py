@@ -177,8 +177,13 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 
 
 def write_results(out: Path, stem: str, res: dict, markdown: str) -> Path:
-    """Writes ``<out>/<stem>.md`` and ``.json``; returns the stem path."""
+    """Writes ``<out>/<stem>.md`` and ``.json``; returns the stem path. An existing result is
+    never overwritten: a second run of the day gets ``<stem>_2``, then ``_3``, ..."""
     out.mkdir(parents=True, exist_ok=True)
+    base, k = stem, 1
+    while (out / f"{stem}.md").exists() or (out / f"{stem}.json").exists():
+        k += 1
+        stem = f"{base}_{k}"
     (out / f"{stem}.md").write_text(markdown)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     return out / stem

@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     res["totals"] = totals(res["rounds"])
     md = markdown(res)
     print(md)
-    write_results(args.out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{args.suffix}", res,
-                  md)
+    path = write_results(args.out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{args.suffix}",
+                         res, md)
+    print(f"wrote {path}.{{md,json}}")
     return res
 
 

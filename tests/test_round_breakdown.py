@@ -3,6 +3,8 @@ round's wall time, and ``--keep`` leaves a run as ``gpjax run`` writes it. No ti
 
 from __future__ import annotations
 
+import json
+
 from benchmarks import round_breakdown
 from gpjax.report import load_rows
 
@@ -21,3 +23,13 @@ def test_breakdown_categories_add_up_and_keep_writes_a_run(tmp_path):
     rows = load_rows(tmp_path / "runs")
     assert [(r["policy"], r["round"]) for r in rows] == [("tfs", 0), ("tfs", 1)]
     assert list((tmp_path / "res").glob("round_breakdown_*.md"))
+
+
+def test_write_results_never_overwrites_an_earlier_result(tmp_path):
+    from benchmarks.harness import write_results
+
+    first = write_results(tmp_path, "bench_x", {"run": 1}, "first\n")
+    second = write_results(tmp_path, "bench_x", {"run": 2}, "second\n")
+    assert first.name == "bench_x" and second.name == "bench_x_2"
+    assert (tmp_path / "bench_x.md").read_text() == "first\n"
+    assert json.loads((tmp_path / "bench_x_2.json").read_text()) == {"run": 2}
