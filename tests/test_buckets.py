@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 
 import chex
+import hypothesis.strategies as st
 import jax
 import numpy as np
+from hypothesis import given, settings
 
 from gpjax.data.buckets import Bucketed, length_buckets
 from gpjax.data.speech import make_speech_split
@@ -43,3 +45,19 @@ def test_trainer_on_buckets_matches_the_padded_split():
     assert math.isclose(trainer.error(state, bucketed), trainer.error(state, data), abs_tol=1e-6)
     chex.assert_trees_all_close(trainer.gradients(state, bucketed),
                                 trainer.gradients(state, data), atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), multiple=st.sampled_from([1, 8, 16]),
+       ratio=st.sampled_from([1.0, 1.125, 1.5]))
+def test_grid_length_is_the_next_grid_multiple(n, multiple, ratio):
+    """A grid length is a multiple at or above ``n``, at most one grid step above it, and the
+    same for every ``n`` up to it (so different splits share their buckets' lengths)."""
+    from gpjax.data.buckets import grid_length
+
+    g = grid_length(n, multiple, ratio)
+    assert g >= n and g % multiple == 0
+    assert g < n * ratio + multiple
+    assert grid_length(g, multiple, ratio) == g  # every length up to g shares it
+    if ratio == 1.0:
+        assert g == -(-n // multiple) * multiple
