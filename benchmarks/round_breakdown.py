@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--suffix", default="")
+    ap.add_argument("--no-compile-cache", action="store_true",
+                    help="as gpjax run --no-compile-cache (default: the same disk cache)")
     args = ap.parse_args(argv)
-    from gpjax.cli import resolve
+    from gpjax.cli import enable_compile_cache, resolve
+    cache = None if args.no_compile_cache else enable_compile_cache()
     from gpjax.incremental import build, run
     cfg, pols = resolve(args.config, args.policy.split(","), args.set, args.rounds,
                         args.epoch_scale)
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     instrument(clock)
     exp = build(cfg, args.seed)
     res = {"command": command_line("benchmarks.round_breakdown", argv), "machine": machine(),
-           "versions": versions(), "load_start": load_average(), "rounds": []}
+           "versions": versions(), "compile_cache": cache, "load_start": load_average(),
+           "rounds": []}
     for pol in pols:
         with contextlib.ExitStack() as stack:
             tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory())

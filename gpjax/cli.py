@@ -293,6 +293,10 @@ def parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     ap = _Parser(prog="gpjax", description=__doc__, formatter_class=fmt)
     ap.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    ap.add_argument("--no-compile-cache", action="store_true",
+                    help="do not keep compiled XLA programs on disk (default: "
+                         "$JAX_COMPILATION_CACHE_DIR, else $GPJAX_DATA_DIR/xla or "
+                         "~/.cache/gpjax/xla)")
     sub = ap.add_subparsers(dest="command", required=True)
     add_parsers(sub, fmt)
 
@@ -339,10 +343,38 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def enable_compile_cache(directory: str | Path | None = None) -> str | None:
+    """Keeps compiled XLA programs on disk (JAX's persistent compilation cache), so a resumed
+    run, the next policy or seed, or the next round's recurring shapes load them instead of
+    compiling again. Leaves a cache directory already configured (``JAX_COMPILATION_CACHE_DIR``
+    or ``jax.config``) as it is; else uses ``directory``, default ``<data_dir>/xla``
+    (:func:`gpjax.data.cache.data_dir`). Programs that compile in under a second are not kept
+    (JAX's default). Speed only: a cached program is the one the compiler would build.
+
+    Returns:
+      The cache directory in use (None if it cannot be created).
+    """
+    import jax
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    from gpjax.data.cache import data_dir
+    path = Path(directory) if directory is not None else data_dir() / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``gpjax`` command. User errors (bad input, a busy or foreign directory, a model
     that cannot be imported) print one line and exit 2; ``--debug`` shows the traceback."""
     args = parser().parse_args(argv)
+    if not args.no_compile_cache:
+        enable_compile_cache()
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -179,3 +179,20 @@ def test_every_command_help_shows_an_example():
     for name, p in sub.choices.items():
         text = p.format_help()
         assert "Example:" in text and f"gpjax {name}" in text, name
+
+
+def test_compile_cache_defaults_to_the_data_dir_and_keeps_a_configured_one(tmp_path):
+    """With no cache configured, the CLI's cache goes under the data directory; one set by
+    JAX_COMPILATION_CACHE_DIR (as this suite sets it) is left as it is."""
+    import os
+
+    import jax
+
+    assert cli.enable_compile_cache(tmp_path / "other") == jax.config.jax_compilation_cache_dir
+    assert not (tmp_path / "other").exists()
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["GPJAX_DATA_DIR"] = str(tmp_path)
+    code = "from gpjax.cli import enable_compile_cache; print(enable_compile_cache())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert res.stdout.strip() == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
