@@ -217,6 +217,12 @@ _register(ExperimentConfig("ds2_hlstm_synthetic_cpu", model="ds2", dataset="synt
                            initial_chunks=4, augment=False, length_buckets=8,
                            policies=_AN4_ADAM,
                            optimizer=_ADAM, batch_size=16, eval_batch_size=65))
+# The same recipe with plain LSTM cells (the H-LSTM comparison at CPU size).
+_register(ExperimentConfig("ds2_lstm_synthetic_cpu", model="ds2", dataset="synthetic_an4",
+                           model_kwargs={**_DS2_CPU, "cell": "lstm"}, dataset_kwargs=EASY_CORPUS,
+                           chunks=10, initial_chunks=4, augment=False, length_buckets=8,
+                           policies=_AN4_ADAM,
+                           optimizer=_ADAM, batch_size=16, eval_batch_size=65))
 _register(ExperimentConfig("ds2_hlstm_an4", model="ds2", dataset="an4", chunks=10,
                            initial_chunks=4, policies=_AN4, augment=False, batch_size=16,
                            eval_batch_size=32, dataset_kwargs={"root": "an4"}))
