@@ -201,6 +201,16 @@ def _fake_timer(fast):
     return time_calls
 
 
+def _assert_exact(directory, params, masks, x):
+    """The loaded artifact equals the masked model at batch 1 and at batch ``len(x)``."""
+    from gpjax.export.artifact import load_artifact
+
+    predict = load_artifact(directory)
+    for n in (1, len(x)):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])),
+                                   _masked_forward(params, masks, x[:n]), atol=1e-4)
+
+
 def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monkeypatch):
     """With timings where CSR beats dense only from batch 32 on, the artifact computes its
     sparse layers by CSR from 32 on and densely below: outputs equal the masked model's at
@@ -216,10 +226,7 @@ def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monk
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["compute"] == "csr" and r["from_batch"] == 32 for r in sparse)
     assert m["custom_calls"] == ["cpu_csr_sparse_dense_ffi"]
-    predict = artifact.load_artifact(tmp_path / "a")
-    for n in (1, 40):
-        np.testing.assert_allclose(np.asarray(predict(x[:n])),
-                                   _masked_forward(params, masks, x[:n]), atol=1e-4)
+    _assert_exact(tmp_path / "a", params, masks, x)
     p = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "p",
                            example_input=x[:2], batch_sizes=(1, 32), repeats=1, portable=True)
     assert p["custom_calls"] == [] and all(r["compute"] != "csr" for r in p["layers"])
@@ -240,10 +247,7 @@ def test_export_switches_the_whole_model_where_layers_alone_mislead(tmp_path, mo
     assert m["timings_us"]["chosen"] == "switched"
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["from_batch"] == 32 for r in sparse)
-    predict = artifact.load_artifact(tmp_path / "a")
-    for n in (1, 40):
-        np.testing.assert_allclose(np.asarray(predict(x[:n])),
-                                   _masked_forward(params, masks, x[:n]), atol=1e-4)
+    _assert_exact(tmp_path / "a", params, masks, x)
 
 
 def test_export_times_each_layers_alternative_in_the_whole_artifact(tmp_path, monkeypatch):
@@ -261,7 +265,4 @@ def test_export_times_each_layers_alternative_in_the_whole_artifact(tmp_path, mo
     assert m["timings_us"]["chosen"] == "alternative" and m["timings_us"]["never_slower"]
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["from_batch"] == 32 for r in sparse)
-    predict = artifact.load_artifact(tmp_path / "a")
-    for n in (1, 40):
-        np.testing.assert_allclose(np.asarray(predict(x[:n])),
-                                   _masked_forward(params, masks, x[:n]), atol=1e-4)
+    _assert_exact(tmp_path / "a", params, masks, x)
