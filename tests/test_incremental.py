@@ -68,8 +68,15 @@ def runs(experiment, tmp_path_factory):
                           jax.tree.map(np.asarray, state.params),
                           None if carry is None else jax.tree.map(np.asarray, carry)))
 
-        rows = run(experiment, make_policy(name, cfg.policies[name]), 0, out, progress=False,
-                   callback=callback)
+        released = []
+        clear = jax.clear_caches
+        jax.clear_caches = lambda r=released, c=clear: (r.append(1), c())
+        try:
+            rows = run(experiment, make_policy(name, cfg.policies[name]), 0, out,
+                       progress=False, callback=callback)
+        finally:
+            jax.clear_caches = clear
+        assert len(released) == len(rows)  # compiled programs released after every round
         results[name] = (rows, trace)
     return out, results
 

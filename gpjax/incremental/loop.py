@@ -394,6 +394,7 @@ def run(
     max_to_keep: int = 3,
     callback=None,
     overwrite: bool = False,
+    release_compiled: bool = True,
 ) -> list[dict]:
     """Runs every round of ``config``'s scenario with ``policy`` and ``seed``.
 
@@ -414,6 +415,12 @@ def run(
         ``"round_end"`` (the final recoverable state; ``carry``: the model the next round
         starts from). For tests and monitoring; it must not modify the arrays.
       overwrite: replace a ``results.json`` there that another config wrote.
+      release_compiled: after every round, drop JAX's in-memory compiled programs
+        (``jax.clear_caches()``, which clears every jit cache of the process). Each round brings
+        new data shapes, so a long run otherwise keeps adding executables, each holding memory
+        maps, until the OS refuses more: a DeepSpeech2 run died in its 6th round with LLVM's
+        "Cannot allocate memory" at Linux's 65,530 maps. Recurring shapes reload from the disk
+        cache (:func:`gpjax.cli.enable_compile_cache`, on in the ``gpjax`` command).
 
     Returns:
       One row per round (see ``experiments/README.md`` for the fields).
@@ -432,12 +439,12 @@ def run(
                       devices=devices, max_to_keep=max_to_keep, callback=callback,
                       overwrite=overwrite)
         try:
-            return _run(runner, resume)
+            return _run(runner, resume, release_compiled)
         finally:
             runner.close()
 
 
-def _run(runner: _Run, resume: bool) -> list[dict]:
+def _run(runner: _Run, resume: bool, release_compiled: bool) -> list[dict]:
     carry, carry_next, state, pos = None, None, None, _Position()
     if resume:
         got = runner.ckpt.restore_latest(runner.template())
@@ -459,6 +466,8 @@ def _run(runner: _Run, resume: bool) -> list[dict]:
     for r in range(pos.round, num_rounds):
         carry = runner.run_round(r, carry, state, pos, carry_next)
         state, carry_next, pos = None, None, _Position(r + 1)
+        if release_compiled:
+            jax.clear_caches()
         last = runner.rows[-1]
         bar.set_postfix(err=f"{last['test_error']:.2f}%", params=last["params_recoverable"],
                         epochs=f"{last['epochs']:.1f}")
