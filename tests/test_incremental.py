@@ -71,12 +71,13 @@ def runs(experiment, tmp_path_factory):
         released = []
         clear = jax.clear_caches
         jax.clear_caches = lambda r=released, c=clear: (r.append(1), c())
-        try:
+        try:  # one policy drops its compiled programs after every round; results unchanged
             rows = run(experiment, make_policy(name, cfg.policies[name]), 0, out,
-                       progress=False, callback=callback)
+                       progress=False, callback=callback,
+                       release_compiled_at=0.0 if name == "growprune" else None)
         finally:
             jax.clear_caches = clear
-        assert len(released) == len(rows)  # compiled programs released after every round
+        assert len(released) == (len(rows) if name == "growprune" else 0)
         results[name] = (rows, trace)
     return out, results
 

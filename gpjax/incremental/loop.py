@@ -394,7 +394,7 @@ def run(
     max_to_keep: int = 3,
     callback=None,
     overwrite: bool = False,
-    release_compiled: bool = True,
+    release_compiled_at: float | None = 0.25,
 ) -> list[dict]:
     """Runs every round of ``config``'s scenario with ``policy`` and ``seed``.
 
@@ -415,12 +415,14 @@ def run(
         ``"round_end"`` (the final recoverable state; ``carry``: the model the next round
         starts from). For tests and monitoring; it must not modify the arrays.
       overwrite: replace a ``results.json`` there that another config wrote.
-      release_compiled: after every round, drop JAX's in-memory compiled programs
-        (``jax.clear_caches()``, which clears every jit cache of the process). Each round brings
-        new data shapes, so a long run otherwise keeps adding executables, each holding memory
-        maps, until the OS refuses more: a DeepSpeech2 run died in its 6th round with LLVM's
-        "Cannot allocate memory" at Linux's 65,530 maps. Recurring shapes reload from the disk
-        cache (:func:`gpjax.cli.enable_compile_cache`, on in the ``gpjax`` command).
+      release_compiled_at: after a round, drop JAX's in-memory compiled programs
+        (``jax.clear_caches()``, which clears every jit cache of the process) once the process
+        holds more than this fraction of the OS's memory-map limit (:func:`map_pressure`; 0:
+        after every round; None: never). Each round brings new data shapes, so a long run keeps
+        adding executables, each holding memory maps, until the OS refuses more: a DeepSpeech2
+        run died in its 6th round with LLVM's "Cannot allocate memory" at Linux's 65,530 maps
+        (~13K maps per round). Recurring shapes reload from the disk cache
+        (:func:`gpjax.cli.enable_compile_cache`, on in the ``gpjax`` command).
 
     Returns:
       One row per round (see ``experiments/README.md`` for the fields).
@@ -439,12 +441,25 @@ def run(
                       devices=devices, max_to_keep=max_to_keep, callback=callback,
                       overwrite=overwrite)
         try:
-            return _run(runner, resume, release_compiled)
+            return _run(runner, resume, release_compiled_at)
         finally:
             runner.close()
 
 
-def _run(runner: _Run, resume: bool, release_compiled: bool) -> list[dict]:
+def map_pressure() -> float:
+    """The share of the OS's memory-map limit this process holds (Linux: lines of
+    ``/proc/self/maps`` over ``vm.max_map_count``; 0.0 where that cannot be read)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return 0.0
+    return maps / max(limit, 1)
+
+
+def _run(runner: _Run, resume: bool, release_at: float | None) -> list[dict]:
     carry, carry_next, state, pos = None, None, None, _Position()
     if resume:
         got = runner.ckpt.restore_latest(runner.template())
@@ -466,7 +481,7 @@ def _run(runner: _Run, resume: bool, release_compiled: bool) -> list[dict]:
     for r in range(pos.round, num_rounds):
         carry = runner.run_round(r, carry, state, pos, carry_next)
         state, carry_next, pos = None, None, _Position(r + 1)
-        if release_compiled:
+        if release_at is not None and map_pressure() >= release_at:
             jax.clear_caches()
         last = runner.rows[-1]
         bar.set_postfix(err=f"{last['test_error']:.2f}%", params=last["params_recoverable"],
