@@ -66,10 +66,12 @@ def classifier_task(
       A task over batches ``(x [B, ...], labels int [B])`` with softmax cross-entropy loss.
     """
 
+    # One compiled program for the whole init: eager, every initializer compiles on its own
+    # (a small ResNet-18: 35 s against 21 s jitted, on 2 cores; the same values bit for bit).
+    init_fn = jax.jit(lambda key, x: model.init({"params": key, "dropout": key}, x, train=False))
+
     def init(key: jax.Array, batch: Batch) -> tuple[PyTree, PyTree]:
-        x = batch[0]
-        variables = model.init({"params": key, "dropout": key}, x[:1], train=False)
-        return _split_variables(variables)
+        return _split_variables(init_fn(key, batch[0][:1]))
 
     def loss(params, aux, batch, key):
         x, y = batch
@@ -108,10 +110,10 @@ def speech_task(model: Any) -> Task:
     from gpjax.metrics import masked_edit_distance
     from gpjax.models import BLANK_ID, ctc_loss
 
+    init_fn = jax.jit(lambda key, f, p: model.init({"params": key, "dropout": key}, f, p))
+
     def init(key, batch):
-        feats, pads = batch[0], batch[1]
-        variables = model.init({"params": key, "dropout": key}, feats[:1], pads[:1])
-        return _split_variables(variables)
+        return _split_variables(init_fn(key, batch[0][:1], batch[1][:1]))
 
     def loss(params, aux, batch, key):
         feats, pads, labels, lpads = batch

@@ -49,11 +49,15 @@ def _check_against_xla(conv, case) -> None:
     def ours(x, k):
         return conv(x, k, strides, padding, dimension_numbers=dn, precision=hi)
 
-    y_ref, vjp_ref = jax.vjp(ref, x, k)
-    y, vjp = jax.vjp(ours, x, k)
+    @jax.jit  # one program per case (eagerly, every op of both would compile on its own)
+    def outputs_and_gradients(x, k, cot):
+        (y_ref, vjp_ref), (y, vjp) = jax.vjp(ref, x, k), jax.vjp(ours, x, k)
+        return y, y_ref, vjp(cot), vjp_ref(cot)
+
+    cot = rng.normal(size=jax.eval_shape(ref, x, k).shape).astype(np.float32)
+    y, y_ref, grads, grads_ref = outputs_and_gradients(x, k, cot)
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
-    cot = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    for g, g_ref in zip(vjp(cot), vjp_ref(cot), strict=True):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
@@ -89,9 +93,9 @@ def test_resnet_is_the_same_function_with_either_convolution(small_stem, size):
     models = {impl: ResNet18(num_classes=10, small_stem=small_stem, width=8,
                              stage_sizes=(1, 1), conv_impl=impl)
               for impl in ("xla", "im2col")}
-    variables = models["xla"].init(jax.random.key(0), x)
+    variables = jax.jit(models["xla"].init)(jax.random.key(0), x)
     assert jax.tree.structure(variables) == jax.tree.structure(
-        models["im2col"].init(jax.random.key(0), x))
+        jax.eval_shape(models["im2col"].init, jax.random.key(0), x))
 
     def loss(impl, params):
         out, _ = models[impl].apply({**variables, "params": params}, x, train=True,

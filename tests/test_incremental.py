@@ -19,6 +19,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from conftest import SUITE_XLA_FLAGS
 
 import gpjax
 from gpjax.incremental import build, get_config, make_policy, run
@@ -339,7 +340,7 @@ json.dump(out, open(sys.argv[1] + "/out.json", "w"))
 
 
 def test_four_devices_match_one(tmp_path, cache_dir):
-    env = _env(cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = _env(cache_dir, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {SUITE_XLA_FLAGS}")
     env.pop("JAX_COMPILATION_CACHE_DIR")
     res = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=600)

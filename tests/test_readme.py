@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import SUITE_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -68,10 +69,11 @@ def test_readme_parser_finds_the_blocks():
 
 
 def _env() -> dict[str, str]:
-    # A user's environment, except for the suite's compilation cache (speed only).
+    # A user's environment, except for the suite's compilation cache and XLA optimisation
+    # level (speed only).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))
            or k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
-    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "XLA_FLAGS": SUITE_XLA_FLAGS}
 
 
 @pytest.mark.parametrize("block", _PYTHON, ids=[f"README.md:{b.line}" for b in _PYTHON])
