@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpjax.cli_store import UsageError, add_export_parser, add_parsers
+from gpjax.cli_export import add_export_parser
+from gpjax.cli_store import UsageError, add_parsers
 
 POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
 

@@ -108,7 +108,7 @@ def test_rows_and_files(runs):
 def test_round_models_saved_and_prune_curve(runs, experiment):
     """Every round's recoverable and non-recoverable models are kept (``models/``), equal to
     what the row reports; the row's pruning curve ends at the round's model."""
-    from gpjax.cli_store import load_for_export
+    from gpjax.cli_export import load_for_export
     from gpjax.incremental.loop import load_round_models
     out, results = runs
     rows, trace = results["growprune"]
