@@ -52,7 +52,11 @@ def breakdown_table(directory: Path) -> str:
         cells = ([policy, seed, f"{w / 60:.1f}"] + [f"{100 * t[k] / w:.0f}%" for k in CATEGORIES]
                  + [f"{t['compile_s']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
-    totals = ", ".join(f"seed {s}: {m / 60:.1f} min" for s, m in sorted(per_seed.items()))
+    everyone = {e[0] for e in entries}
+    ran = {s: sorted({e[0] for e in entries if e[1] == s}) for s in per_seed}
+    totals = ", ".join(f"seed {s}: {m / 60:.1f} min"
+                       + ("" if set(ran[s]) == everyone else f" ({', '.join(ran[s])} only)")
+                       for s, m in sorted(per_seed.items()))
     return "\n".join(lines) + f"\n\nAll policies together, per seed: {totals}.\n"
 
 

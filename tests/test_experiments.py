@@ -201,8 +201,8 @@ def test_parity_table_matches_probes_against_the_reference(tmp_path):
 
 def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
     """The page's wall-time table has one line per breakdown file (policy and seed from its
-    command), shares of the wall time per category, and the minutes summed per seed; the
-    paper section is that figure's table alone."""
+    command), shares of the wall time per category, and the minutes summed per seed (naming
+    the policies of a seed that lacks some); the paper section is that figure's table alone."""
     from experiments import protocol_page
 
     def totals(policy, wall, train):
@@ -218,6 +218,7 @@ def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
     assert lines[2].startswith("| growprune | 0 | 5.0 | 90% | 2% |")
     assert lines[3].startswith("| tfs | 0 | 10.0 | 90% |")
     assert lines[4].startswith("| tfs | 1 | 11.0 |")
-    assert lines[-1] == "All policies together, per seed: seed 0: 15.0 min, seed 1: 11.0 min."
+    assert lines[-1] == ("All policies together, per seed: seed 0: 15.0 min, "
+                         "seed 1: 11.0 min (tfs only).")
     fig13 = protocol_page.paper_section("FIG. 13")
     assert fig13.startswith("FIG. 13,") and "FIG. 12" not in fig13 and "FIG. 7" not in fig13
