@@ -1,7 +1,9 @@
 """The ``inference`` section of :mod:`benchmarks.bench_core` (issue 12): compact models.
 
 For LeNet-300-100 and LeNet-5, each with a recoverable and a non-recoverable mask at the README
-demo's sizes, times inference at several batch sizes, round-robin in one group per batch:
+demo's sizes, times inference at several batch sizes, round-robin in one group per batch, each
+timed call after an untimed one of the same variant (steady state: its weights in cache, as a
+deployed model called repeatedly):
 
 * ``masked_dense``: the Flax model on the masked weights, as trained (original widths);
 * ``compact_dense``: :func:`gpjax.compact` (dead units removed, unconnected inputs dropped);
@@ -227,7 +229,7 @@ def _case(name: str, recoverable: bool, target: int, cfg: InferenceConfig,
             "torch_dense": lambda xt=xt: torch_forward(name, tw_dense, xt),
             "torch_csr": lambda xt=xt: torch_forward(name, tw_csr, xt),
         }
-        s = timer.group(fns, cfg.repeats, warmup=2)
+        s = timer.group(fns, cfg.repeats, warmup=2, steady=True)
         threads = {k: {str(n): 1e3 * t for n, t in d.items()}
                    for k, d in timer.choice.items() if k in ("torch_dense", "torch_csr")}
         row = {"batch": b, "max_rel_err": errs, "threads_ms": threads}
@@ -272,8 +274,8 @@ def render(res: dict) -> list[str]:
              "/ `torch_csr` PyTorch eager with dense / torch.sparse_csr weights (original "
              "widths). Masks: random weights with per-unit log-normal scales, globally "
              "magnitude-pruned (see benchmarks/bench_inference.py). Latencies in ms "
-             f"(p50 / p95 of {res['repeats']} round-robin calls); GFLOP/s = 2 x MACs x batch / "
-             "p50.", ""]
+             f"(p50 / p95 of {res['repeats']} round-robin calls, each after an untimed one); "
+             "GFLOP/s = 2 x MACs x batch / p50.", ""]
     for c in res["cases"]:
         st = c["storage"]
         lines += [f"### {c['case']}: {c['active']:,} of {c['dense']:,} connections", "",

@@ -85,10 +85,13 @@ class Timer:
     choice: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def group(self, fns: dict[str, Callable[[], object]], repeats: int,
-              warmup: int = 1) -> dict[str, list[float]]:
+              warmup: int = 1, steady: bool = False) -> dict[str, list[float]]:
         """Seconds per call of each function, run round-robin ``repeats`` times after warm-up.
 
         Every function must block until its result is ready (``jax.block_until_ready``).
+        ``steady``: each timed call follows an untimed one of the same function, so it finds
+        its weights in cache as repeated calls of a deployed model do (inference latency; see
+        :func:`gpjax.export.time_calls`).
         Returns, per name, the samples (for ``torch*``: those of the fastest thread count).
         """
         expanded: dict[str, Callable[[], object]] = {}
@@ -104,6 +107,8 @@ class Timer:
         raw: dict[str, list[float]] = {name: [] for name in expanded}
         for _ in range(repeats):
             for name, fn in expanded.items():
+                if steady:
+                    fn()
                 t0 = time.perf_counter()
                 fn()
                 raw[name].append(time.perf_counter() - t0)

@@ -192,6 +192,40 @@ def test_from_batch_switches_products_inside_one_exported_function():
     assert calls == [9]
 
 
+def test_timings_are_steady_state_calls_interleaved_over_rounds():
+    """Each timed call follows an untimed call of the same function (its weights in cache);
+    rounds interleave the functions. The fakes are slow unless called right after themselves."""
+    import time
+
+    from benchmarks.harness import Timer
+    from gpjax.export import artifact
+
+    log = []
+
+    def fn(name, cold_s):
+        state = {"warm": False}
+
+        def call():
+            log.append(name)
+            if not state["warm"]:   # slow unless the previous call was this function's
+                time.sleep(cold_s)
+            for k in fns:
+                fns_state[k]["warm"] = k == name
+            return np.zeros(1)
+        fns_state[name] = state
+        return call
+
+    fns_state: dict = {}
+    fns = {"a": fn("a", 0.01), "b": fn("b", 0.01)}
+    got = artifact.time_calls(fns, repeats=3)
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert all(max(v) < 0.005 for v in got.values()), got      # every timed call was warm
+    log.clear()
+    harness = Timer(threads=(1,)).group(fns, 2, warmup=1, steady=True)
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert all(max(v) < 0.005 for v in harness.values()), harness
+
+
 def _fake_timer(fast):
     """A stand-in for ``artifact.time_calls``: 1 us where ``fast(name, batch)``, else 5 us
     (each call is run once, to learn its batch size from the output)."""
