@@ -175,6 +175,13 @@ def _conv(x: jax.Array, k: jax.Array, padding) -> jax.Array:
     return conv_as_row_gemm(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def conv_layer(x: jax.Array, w: dict, padding) -> jax.Array:
+    """A compact conv layer's product without its bias: ``x [B, H, W, C]`` with
+    ``w["kernel"]`` as rows of matrix multiplies (:func:`gpjax.models.conv.conv_as_row_gemm`),
+    stride 1."""
+    return _conv(x, w["kernel"], padding)
+
+
 def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: jax.Array,
                   products: Sequence[Callable | None] | None = None) -> jax.Array:
     """Runs a compact model (pure: jit it with ``layers`` static).
@@ -183,8 +190,9 @@ def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: ja
       layers: the model's :class:`CompactLayer` structure.
       weights: the model's weights (one dict per layer).
       x: ``[B, ...]``, reshaped per example to the first layer's ``in_shape``.
-      products: optional, per layer, a function ``(x [B, in], w) -> [B, out]`` replacing the
-        dense layer's ``x @ kernel`` (sparse products; see :mod:`gpjax.export`), or None.
+      products: optional, per layer, a function ``(x, w)`` replacing the layer's product
+        (dense: ``x [B, in] @ kernel``, sparse products; conv: ``x [B, H, W, C]`` convolved,
+        another convolution; see :mod:`gpjax.export`), or None.
 
     Returns:
       ``[B, out]``.
@@ -204,7 +212,9 @@ def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: ja
                 x = x.reshape(b, *layer.in_shape)
             if layer.indexed:
                 x = jnp.take(x, w["index"], axis=3)
-            x = _conv(x, w["kernel"], layer.padding) + w["bias"]
+            prod = products[i] if products is not None else None
+            x = (prod(x, w) if prod is not None else _conv(x, w["kernel"], layer.padding)) \
+                + w["bias"]
         x = activation_fn(layer.activation)(x)
         if layer.pool:
             x = max_pool_2x2(x)

@@ -300,3 +300,28 @@ def test_export_times_each_layers_alternative_in_the_whole_artifact(tmp_path, mo
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["from_batch"] == 32 for r in sparse)
     _assert_exact(tmp_path / "a", params, masks, x)
+
+
+def test_export_chooses_each_convolution_by_measurement(tmp_path, monkeypatch):
+    """LeNet-5 with timings where XLA's own convolution beats the row-GEMM product only from
+    batch 32 on: the conv layers switch at 32 inside the one artifact, which equals the masked
+    model (the Flax model on the masked weights) at batch 1 and 40."""
+    import gpjax.export.artifact as artifact
+    from gpjax.models import LeNet5
+
+    monkeypatch.setattr(artifact, "time_calls", _fake_timer(
+        lambda name, b: name == "chosen" or (name == "conv_xla" and b >= 32)))
+    model = LeNet5()
+    x = np.random.default_rng(11).normal(size=(40, 28, 28, 1)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.key(3), x[:1])["params"]
+    params, masks = gpjax.prune(params, gpjax.init_masks(params), percentile=80.0,
+                                recoverable=False, input_fed=LeNet5.input_kernels)
+    m = gpjax.export_model(model, params, masks, tmp_path / "a", example_input=x[:2],
+                           batch_sizes=(1, 32), repeats=1)
+    convs = [r for r in m["layers"] if r["kind"] == "conv"]
+    assert len(convs) == 2 and all(r["compute"] == "conv_xla" and r["from_batch"] == 32
+                                   for r in convs)
+    predict = artifact.load_artifact(tmp_path / "a")
+    want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
+    for n in (1, 40):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)

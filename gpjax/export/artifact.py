@@ -1,8 +1,9 @@
 """Deployable artifacts: a compact model as a ``jax.export`` function that needs only JAX.
 
-:func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per dense layer
-how the artifact computes (the compact dense product, or a sparse one from the batch size on
-where it measures faster, dense below it), then times whole artifacts (that choice, every
+:func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per layer how the
+artifact computes (a dense layer: the compact dense product, or a sparse one from the batch
+size on where it measures faster, dense below it; a conv layer: row-GEMM matrix multiplies or
+XLA's own convolution, likewise), then times whole artifacts (that choice, every
 eligible layer on its fastest sparse variant, the compact dense model) against the dense model
 it came from at those batch sizes, keeps the fastest that is nowhere slower, and writes a
 directory::
@@ -35,6 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from gpjax.compact import Activation, CompactModel, apply_compact, compact, layer_macs
+from gpjax.compact import (
+    Activation,
+    CompactLayer,
+    CompactModel,
+    apply_compact,
+    compact,
+    conv_layer,
+    layer_macs,
+)
 from gpjax.export.sparse import (
     CSR_CUSTOM_CALLS,
+    conv_variants,
     from_batch,
     save_npz,
     sparse_variants,
@@ -122,15 +133,24 @@ def _threshold(variant: dict[str, float], dense: dict[str, float],
     return t
 
 
-def _time_layer(k: np.ndarray, batch_sizes: Sequence[int], repeats: int,
+def _time_layer(layer: CompactLayer, k: np.ndarray, batch_sizes: Sequence[int], repeats: int,
                 rng: np.random.Generator, portable: bool) -> tuple[dict, dict]:
-    """A dense layer's sparse variants and the median microseconds of each, and of the dense
-    product, per batch size: ``(variants, {name: {batch: us}})``."""
-    variants = sparse_variants(k, portable=portable)
-    dense_fn = jax.jit(lambda x, k: x @ k)
+    """A layer's variants and the median microseconds of each, and of its default product
+    ("dense": ``x @ kernel``, or a conv's row-GEMM product), per batch size: ``(variants,
+    {name: {batch: us}})``. Dense layers: the sparse products; conv layers: XLA's own
+    convolution."""
+    if layer.kind == "dense":
+        variants = sparse_variants(k, portable=portable)
+        dense_fn = jax.jit(lambda x, k: x @ k)
+        in_shape: tuple = (k.shape[0],)
+    else:
+        variants = {n: ({"kernel": k}, prod) for n, (_, prod) in
+                    conv_variants(layer.padding).items()}
+        dense_fn = jax.jit(lambda x, k: conv_layer(x, {"kernel": k}, layer.padding))
+        in_shape = (*layer.in_shape[:2], k.shape[2])
     timings: dict[str, dict[str, float]] = {}
     for b in batch_sizes:
-        x = jnp.asarray(rng.standard_normal((b, k.shape[0]), np.float32))
+        x = jnp.asarray(rng.standard_normal((b, *in_shape), np.float32))
         fns = {"dense": lambda x=x, f=dense_fn, k=k: f(x, k)}
         for name, (vw, prod) in variants.items():
             f = jax.jit(prod)
@@ -149,10 +169,11 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
     A sparse product is used from the batch size on where it measures faster than the dense
     one at that and every larger measured size (:func:`~gpjax.export.sparse.from_batch`); of
     several, the one that saves the most time summed over those sizes. The alternative of a
-    sparse-eligible layer (density < 0.5) is ``(name, product, weights, from_batch)`` of the
-    variant fastest at the largest batch size, from its threshold or else from that size: a
-    layer's choice can hinge on microseconds its neighbours' fusion changes, so the export
-    times the artifact with every alternative too and keeps the faster whole.
+    sparse-eligible dense layer (density < 0.5) or conv layer is ``(name, product, weights,
+    from_batch)`` of the variant fastest at the largest batch size, from its threshold or else
+    from that size: a layer's choice can hinge on microseconds its neighbours' fusion
+    changes, so the export times the artifact with every alternative too and keeps the faster
+    whole.
     """
     products, weights, records, alternatives = [], [], [], []
     largest = max(batch_sizes)
@@ -161,8 +182,9 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
         rec: dict[str, Any] = {"kind": layer.kind, "shape": list(k.shape),
                                "nonzero": int(np.count_nonzero(k)), "compute": "dense"}
         chosen, chosen_w, alt = None, w, None
-        if layer.kind == "dense" and k.size and rec["nonzero"] / k.size < 0.5:
-            variants, timings = _time_layer(k, batch_sizes, repeats, rng, portable)
+        if (layer.kind == "conv" and k.size) or (
+                layer.kind == "dense" and k.size and rec["nonzero"] / k.size < 0.5):
+            variants, timings = _time_layer(layer, k, batch_sizes, repeats, rng, portable)
             rec["timings_us"] = timings
             saving, starts = {}, {}
             for n in variants:
@@ -190,18 +212,20 @@ def _assemble(cm: CompactModel, products: Sequence, sparse_w: Sequence, records:
     ``max(records[i]["from_batch"], at_least)`` on and densely below (keeping its dense kernel
     only then); ``smallest``: the smallest batch size measured."""
     weights, prods = [], []
-    for w, prod, vw, rec in zip(cm.weights, products, sparse_w, records):
+    for layer, w, prod, vw, rec in zip(cm.layers, cm.weights, products, sparse_w, records):
         if prod is None:
             weights.append(w)
             prods.append(None)
             continue
         t = max(rec["from_batch"], at_least)
-        if t <= smallest:                       # sparse at every measured size
+        if t <= smallest:                       # the variant at every measured size
             weights.append({**{k: v for k, v in w.items() if k != "kernel"}, **vw})
             prods.append(prod)
-        else:                                   # dense below t: keeps the dense kernel too
+        else:                                   # the default below t: keeps its kernel too
             weights.append({**w, **vw})
-            prods.append(from_batch(prod, t))
+            below = None if layer.kind == "dense" else partial(conv_layer,
+                                                                padding=layer.padding)
+            prods.append(from_batch(prod, t, below))
     return weights, prods
 
 
@@ -440,7 +464,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         artifact_macs = 0
         for layer, w, rec in zip(cm.layers, cm.weights, layer_recs):
             macs, pos = layer_macs(layer, w["kernel"].shape)
-            rec["macs"] = macs if rec["compute"] == "dense" else rec["nonzero"] * pos
+            dense_macs = rec["compute"] == "dense" or layer.kind == "conv"
+            rec["macs"] = macs if dense_macs else rec["nonzero"] * pos
             artifact_macs += rec["macs"]
         active_macs = sum(int(np.count_nonzero(w["kernel"]))
                           * layer_macs(layer, w["kernel"].shape)[1]

@@ -39,9 +39,9 @@ from gpjax.compact import ACTIVATIONS, CompactLayer, CompactModel
 PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
-__all__ = ["CSR_CUSTOM_CALLS", "csr_decode", "csr_encode", "csr_product", "csr_weights",
-           "ell_product", "ell_weights", "from_batch", "index_dtype", "load_sparse", "save_npz",
-           "save_sparse", "segment_product", "segment_weights", "sparse_variants",
+__all__ = ["CSR_CUSTOM_CALLS", "conv_variants", "csr_decode", "csr_encode", "csr_product",
+           "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype", "load_sparse",
+           "save_npz", "save_sparse", "segment_product", "segment_weights", "sparse_variants",
            "storage_report"]
 
 #: The XLA custom calls :func:`csr_product` lowers to (CPU). They are jaxlib's kernels, outside
@@ -247,20 +247,36 @@ def csr_product(x: jax.Array, w: dict, *, shape: tuple[int, int]) -> jax.Array:
     return (m @ x.T).T
 
 
-def from_batch(product: Callable, threshold: int) -> Callable:
-    """``product(x, w)`` for batches of at least ``threshold`` rows, ``x @ w["kernel"]`` below.
+def from_batch(product: Callable, threshold: int, below: Callable | None = None) -> Callable:
+    """``product(x, w)`` for batches of at least ``threshold`` rows, ``below(x, w)`` under it
+    (default ``x @ w["kernel"]``).
 
     With a symbolic batch size (``jax.export``) the choice is a ``lax.cond`` on it, so one
     artifact keeps the dense product for small batches and the sparse one for large.
     """
+    if below is None:
+        def below(x: jax.Array, w: dict) -> jax.Array:
+            return x @ w["kernel"]
+
     def dispatch(x: jax.Array, w: dict) -> jax.Array:
         b = x.shape[0]
         if isinstance(b, int):
-            return product(x, w) if b >= threshold else x @ w["kernel"]
+            return product(x, w) if b >= threshold else below(x, w)
         return lax.cond(jnp.asarray(b) >= threshold, lambda x: product(x, w),
-                        lambda x: x @ w["kernel"], x)
+                        lambda x: below(x, w), x)
 
     return dispatch
+
+
+def conv_variants(padding) -> dict[str, tuple[dict, Callable]]:
+    """The other ways to compute a compact conv layer than its default row-GEMM product
+    (:func:`gpjax.compact.conv_layer`): ``{"conv_xla": ({}, product)}``, XLA's own
+    convolution (faster for some shapes on CPU, slower for others: measured per layer)."""
+    def conv_xla(x: jax.Array, w: dict) -> jax.Array:
+        return lax.conv_general_dilated(x, w["kernel"], (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    return {"conv_xla": ({}, conv_xla)}
 
 
 def sparse_variants(kernel: np.ndarray, *, portable: bool = False
