@@ -35,6 +35,7 @@ structure.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -169,17 +170,14 @@ def layer_macs(layer: CompactLayer, kernel_shape: tuple[int, ...]) -> tuple[int,
     return int(np.prod(kernel_shape)) * pos, pos
 
 
-def _conv(x: jax.Array, k: jax.Array, padding) -> jax.Array:
-    from gpjax.models.conv import conv_as_row_gemm
-
-    return conv_as_row_gemm(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def conv_layer(x: jax.Array, w: dict, padding) -> jax.Array:
     """A compact conv layer's product without its bias: ``x [B, H, W, C]`` with
     ``w["kernel"]`` as rows of matrix multiplies (:func:`gpjax.models.conv.conv_as_row_gemm`),
     stride 1."""
-    return _conv(x, w["kernel"], padding)
+    from gpjax.models.conv import conv_as_row_gemm
+
+    return conv_as_row_gemm(x, w["kernel"], (1, 1), padding,
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: jax.Array,
@@ -213,8 +211,7 @@ def apply_compact(layers: Sequence[CompactLayer], weights: Sequence[dict], x: ja
             if layer.indexed:
                 x = jnp.take(x, w["index"], axis=3)
             prod = products[i] if products is not None else None
-            x = (prod(x, w) if prod is not None else _conv(x, w["kernel"], layer.padding)) \
-                + w["bias"]
+            x = (prod or partial(conv_layer, padding=layer.padding))(x, w) + w["bias"]
         x = activation_fn(layer.activation)(x)
         if layer.pool:
             x = max_pool_2x2(x)
