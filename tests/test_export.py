@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpjax
-from gpjax.export.sparse import sparse_variants
+from gpjax.export.sparse import conv_variants, sparse_variants
 from gpjax.models import LeNet300, ResNet18
 
 SIZES = {"fc1": (784, 32), "fc2": (32, 16), "fc3": (16, 10)}
@@ -70,9 +70,14 @@ def test_manifest_records_what_a_user_needs(exported):
     t = manifest["timings_us"]
     assert set(t["median"]["original"]) == {"1", "4"} and t["chosen"] in t["median"]
     for layer in manifest["layers"]:
-        if layer["compute"] != "dense":  # sparse only where measured faster at every batch
-            tl = layer["timings_us"]
-            assert all(tl[layer["compute"]][b] < tl["dense"][b] for b in ("1", "4"))
+        if layer["compute"] == "dense":
+            continue
+        tl = layer["timings_us"]
+        if t["chosen"] == "alternative":  # the layer's fastest variant at the largest batch
+            assert tl[layer["compute"]]["4"] == min(v["4"] for n, v in tl.items() if n != "dense")
+        else:  # sparse only from a batch size on where it measured faster at every size
+            sizes = [b for b in ("1", "4") if int(b) >= layer["from_batch"]]
+            assert sizes and all(tl[layer["compute"]][b] < tl["dense"][b] for b in sizes)
 
 
 def test_artifact_loads_with_jax_alone_and_matches_the_masked_model(exported, tmp_path):
@@ -135,6 +140,35 @@ def test_sparse_products_equal_the_dense_product(n_in, n_out, density, seed):
     for name, (w, prod) in sparse_variants(k).items():
         np.testing.assert_allclose(np.asarray(jax.jit(prod)(x, w)), x @ k, atol=1e-5,
                                    err_msg=name)
+
+
+def _conv_reference(x, k, padding):
+    """A stride-1 NHWC convolution by loops over the kernel, in float64 NumPy."""
+    (pt, pb), (pl, pr) = padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    kh, kw, _, o = k.shape
+    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    y = np.zeros((x.shape[0], oh, ow, o))
+    for i in range(kh):
+        for j in range(kw):
+            y += np.einsum("bhwc,co->bhwo", xp[:, i:i + oh, j:j + ow], k[i, j])
+    return y
+
+
+@settings(max_examples=5, deadline=None)
+@given(kh=st.integers(1, 4), kw=st.integers(1, 4), c=st.integers(1, 3), o=st.integers(1, 4),
+       pad=st.integers(0, 2), density=st.floats(0.0, 0.6), seed=st.integers(0, 1000))
+def test_conv_variants_equal_the_convolution(kh, kw, c, o, pad, density, seed):
+    rng = np.random.default_rng(seed)
+    k = (rng.normal(size=(kh, kw, c, o)) * (rng.random((kh, kw, c, o)) < density)
+         ).astype(np.float32)
+    x = rng.normal(size=(2, 6, 7, c)).astype(np.float32)
+    padding = ((pad, pad), (pad, 0))
+    variants = conv_variants(k, padding)
+    assert ("conv_taps" in variants) == (np.count_nonzero(k) > 0)
+    for name, (w, prod) in variants.items():
+        np.testing.assert_allclose(np.asarray(jax.jit(prod)(x, w)),
+                                   _conv_reference(x, k, padding), atol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow  # ~30 s of CPU, nearly all jax2onnx importing its plugin tree
@@ -324,4 +358,34 @@ def test_export_chooses_each_convolution_by_measurement(tmp_path, monkeypatch):
     predict = artifact.load_artifact(tmp_path / "a")
     want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
     for n in (1, 40):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)
+
+
+def test_export_can_compute_a_sparse_convolution_from_its_taps(tmp_path, monkeypatch):
+    """LeNet-5 with timings where the taps product is the fastest at every batch size: conv1
+    (under ``MAX_TAP_TERMS`` nonzeros) runs from its taps alone, stores only their values and
+    counts ``nnz * positions`` MACs; conv2 (over it) keeps its kernel; the artifact equals the
+    masked model."""
+    import gpjax.export.artifact as artifact
+    from gpjax.export.sparse import MAX_TAP_TERMS
+    from gpjax.models import LeNet5
+
+    monkeypatch.setattr(artifact, "time_calls", _fake_timer(
+        lambda name, b: name in ("chosen", "conv_taps")))
+    model = LeNet5()
+    x = np.random.default_rng(12).normal(size=(9, 28, 28, 1)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.key(4), x[:1])["params"]
+    params, masks = gpjax.prune(params, gpjax.init_masks(params), percentile=80.0,
+                                recoverable=True, input_fed=LeNet5.input_kernels)
+    m = gpjax.export_model(model, params, masks, tmp_path / "a", example_input=x[:2],
+                           batch_sizes=(1, 4), repeats=1)
+    conv1, conv2 = (r for r in m["layers"] if r["kind"] == "conv")
+    assert conv1["nonzero"] <= MAX_TAP_TERMS < conv2["nonzero"]
+    assert conv1["compute"] == "conv_taps" and conv2["compute"] == "dense"
+    assert conv1["macs"] == conv1["nonzero"] * 28 * 28
+    shapes = [a.shape for a in np.load(tmp_path / "a" / "weights.npz").values()]
+    assert (5, 5, 1, 6) not in shapes and (conv1["nonzero"],) in shapes
+    predict = artifact.load_artifact(tmp_path / "a")
+    want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
+    for n in (1, 9):
         np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)

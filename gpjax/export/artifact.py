@@ -138,14 +138,14 @@ def _time_layer(layer: CompactLayer, k: np.ndarray, batch_sizes: Sequence[int], 
     """A layer's variants and the median microseconds of each, and of its default product
     ("dense": ``x @ kernel``, or a conv's row-GEMM product), per batch size: ``(variants,
     {name: {batch: us}})``. Dense layers: the sparse products; conv layers: XLA's own
-    convolution."""
+    convolution and, for a very sparse kernel, its nonzero taps alone
+    (:func:`~gpjax.export.sparse.conv_variants`)."""
     if layer.kind == "dense":
         variants = sparse_variants(k, portable=portable)
         dense_fn = jax.jit(lambda x, k: x @ k)
         in_shape: tuple = (k.shape[0],)
     else:
-        variants = {n: ({"kernel": k}, prod) for n, (_, prod) in
-                    conv_variants(layer.padding).items()}
+        variants = conv_variants(k, layer.padding)
         dense_fn = jax.jit(lambda x, k: conv_layer(x, {"kernel": k}, layer.padding))
         in_shape = (*layer.in_shape[:2], k.shape[2])
     timings: dict[str, dict[str, float]] = {}
@@ -464,7 +464,7 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         artifact_macs = 0
         for layer, w, rec in zip(cm.layers, cm.weights, layer_recs):
             macs, pos = layer_macs(layer, w["kernel"].shape)
-            dense_macs = rec["compute"] == "dense" or layer.kind == "conv"
+            dense_macs = rec["compute"] in ("dense", "conv_xla")
             rec["macs"] = macs if dense_macs else rec["nonzero"] * pos
             artifact_macs += rec["macs"]
         active_macs = sum(int(np.count_nonzero(w["kernel"]))

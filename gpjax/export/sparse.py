@@ -39,10 +39,10 @@ from gpjax.compact import ACTIVATIONS, CompactLayer, CompactModel
 PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
-__all__ = ["CSR_CUSTOM_CALLS", "conv_variants", "csr_decode", "csr_encode", "csr_product",
+__all__ = ["CSR_CUSTOM_CALLS", "MAX_TAP_TERMS", "conv_variants", "csr_decode", "csr_encode", "csr_product",
            "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype", "load_sparse",
            "save_npz", "save_sparse", "segment_product", "segment_weights", "sparse_variants",
-           "storage_report"]
+           "storage_report", "taps_product", "taps_weights"]
 
 #: The XLA custom calls :func:`csr_product` lowers to (CPU). They are jaxlib's kernels, outside
 #: ``jax.export``'s compatibility guarantees: an artifact using them needs a jaxlib that has them
@@ -268,15 +268,67 @@ def from_batch(product: Callable, threshold: int, below: Callable | None = None)
     return dispatch
 
 
-def conv_variants(padding) -> dict[str, tuple[dict, Callable]]:
+#: The most kernel nonzeros :func:`taps_product` is offered for: it unrolls one slice-and-add
+#: per nonzero, so its program (and compile time, ~3.6 s at 794) grows with them.
+MAX_TAP_TERMS = 256
+
+
+def taps_weights(kernel: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"tap_values": [nnz]}``: a conv kernel's nonzeros in ``np.nonzero`` order."""
+    return {"tap_values": np.asarray(kernel)[np.nonzero(kernel)]}
+
+
+def taps_product(x: jax.Array, w: dict, *, taps: tuple[tuple[int, int, int, int], ...],
+                 kernel_shape: tuple[int, int, int, int], padding) -> jax.Array:
+    """A stride-1 convolution from its nonzero taps alone (a direct sparse convolution):
+
+    .. math:: y[b, p, q, o] = \\sum_{(i, j, c, o) \\in \\text{taps}} v_{ijco} \\,
+       x_{\\text{pad}}[b, p + i, q + j, c]
+
+    one shifted slice of the padded input per nonzero ``v`` (``w["tap_values"]``, in the order
+    of ``taps``, static ``(i, j, c, o)`` indices). ``B * OH * OW * nnz`` multiply-adds and no
+    patch matrix: it pays for a very sparse first layer (a recoverable LeNet-5's conv1 keeps a
+    dozen of its 150 weights), not for a denser one.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      w: ``{"tap_values": [nnz]}`` (:func:`taps_weights`).
+      taps: the nonzeros' kernel indices, ``np.argwhere(kernel)`` as tuples.
+      kernel_shape: ``(KH, KW, C, O)``.
+      padding: ``((top, bottom), (left, right))``.
+
+    Returns:
+      ``[B, OH, OW, O]``.
+    """
+    kh, kw, _, o = kernel_shape
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    v = w["tap_values"]
+    outs = [jnp.zeros((x.shape[0], oh, ow), x.dtype) for _ in range(o)]
+    for n, (i, j, c, oc) in enumerate(taps):
+        outs[oc] = outs[oc] + v[n] * xp[:, i:i + oh, j:j + ow, c]
+    return jnp.stack(outs, -1)
+
+
+def conv_variants(kernel: np.ndarray, padding) -> dict[str, tuple[dict, Callable]]:
     """The other ways to compute a compact conv layer than its default row-GEMM product
-    (:func:`gpjax.compact.conv_layer`): ``{"conv_xla": ({}, product)}``, XLA's own
-    convolution (faster for some shapes on CPU, slower for others: measured per layer)."""
+    (:func:`gpjax.compact.conv_layer`), ``{name: (weights, product)}``: ``"conv_xla"``, XLA's
+    own convolution (faster for some shapes on CPU, slower for others: measured per layer),
+    and, for a kernel of at most :data:`MAX_TAP_TERMS` nonzeros, ``"conv_taps"``
+    (:func:`taps_product`)."""
+    kernel = np.asarray(kernel)
+
     def conv_xla(x: jax.Array, w: dict) -> jax.Array:
         return lax.conv_general_dilated(x, w["kernel"], (1, 1), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    return {"conv_xla": ({}, conv_xla)}
+    out: dict[str, tuple[dict, Callable]] = {"conv_xla": ({"kernel": kernel}, conv_xla)}
+    if 0 < np.count_nonzero(kernel) <= MAX_TAP_TERMS:
+        taps = tuple(map(tuple, np.argwhere(kernel).tolist()))
+        out["conv_taps"] = (taps_weights(kernel),
+                            partial(taps_product, taps=taps, kernel_shape=kernel.shape,
+                                    padding=tuple(map(tuple, padding))))
+    return out
 
 
 def sparse_variants(kernel: np.ndarray, *, portable: bool = False
