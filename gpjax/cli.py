@@ -32,8 +32,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpjax._cli_common import UsageError
 from gpjax.cli_export import add_export_parser
-from gpjax.cli_store import UsageError, add_parsers
+from gpjax.cli_store import add_parsers
 
 POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
 

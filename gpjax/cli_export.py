@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpjax.cli_store import UsageError, _ints, _table
+from gpjax._cli_common import UsageError, positive_ints, table
 
 
 def load_for_export(source: str | Path, *, version: int | None = None,
@@ -70,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  example_input=example, source=got["source"], test_data=test,
                                  format=args.format, batch_sizes=args.batch_sizes,
                                  repeats=args.repeats, portable=args.portable, **layers)
-    print(_table([{**manifest, "out": str(out)}],
+    print(table([{**manifest, "out": str(out)}],
                  [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
                   ("parameters.compact_dense", "compact dense params", "{:,}"),
                   ("macs_per_example.dense", "MACs dense", "{:,}"),
@@ -103,7 +103,7 @@ def add_export_parser(sub, formatter) -> None:
                         "(e.g. Dense_0/kernel,Dense_1/kernel); the zoo's LeNets need none")
     x.add_argument("--activation", default="leaky_relu",
                    help="the activation between the --layers (default leaky_relu)")
-    x.add_argument("--batch-sizes", type=_ints, default=(1, 32, 1024), metavar="B,B,...",
+    x.add_argument("--batch-sizes", type=positive_ints, default=(1, 32, 1024), metavar="B,B,...",
                    help="batch sizes the per-layer choice is measured at (default 1,32,1024)")
     x.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     x.add_argument("--portable", action="store_true",

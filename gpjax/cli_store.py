@@ -21,21 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gpjax._cli_common import UsageError, json_object, table
 from gpjax.incremental.policies import POLICIES
-
-
-class UsageError(ValueError):
-    """A command line that cannot run; printed as one line, exit status 2."""
-
-
-def _json_arg(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def _sets(items: list[str] | None) -> tuple[dict, dict]:
@@ -63,32 +50,6 @@ def _recipe(over: dict):
         raise UsageError(f"--set: {e.args[0]}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers such as 1,32,1024, got {text!r}") \
-            from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return out
-
-
-def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
-    head = "| " + " | ".join(c[1] for c in cols) + " |"
-    sep = "|" + "|".join("---" for _ in cols) + "|"
-    lines = [head, sep]
-    for r in rows:
-        cells = []
-        for key, _, fmt in cols:
-            v = r
-            for part in key.split("."):
-                v = v.get(part) if isinstance(v, dict) else None
-            cells.append("-" if v is None else fmt.format(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 VERSION_COLUMNS = [
     ("version", "version", "{}"), ("parent", "parent", "{}"), ("policy.policy", "policy", "{}"),
     ("metrics.n_train", "train examples", "{:,}"),
@@ -105,7 +66,7 @@ VERSION_COLUMNS = [
 
 def _print_version(store, manifest: dict) -> None:
     latest = store.latest()
-    print(_table([{**manifest, "latest": manifest["version"] == latest}], VERSION_COLUMNS))
+    print(table([{**manifest, "latest": manifest["version"] == latest}], VERSION_COLUMNS))
     if not manifest.get("promoted", True):
         print(f"version {manifest['version']} kept but NOT promoted: forgetting "
               f"{manifest['metrics']['forgetting']:+.2f} points > --max-forgetting "
@@ -152,7 +113,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from gpjax.incremental.store import ModelStore
     hist = ModelStore.open(args.store).history()
-    print(json.dumps(hist, indent=1) if args.json else _table(hist, VERSION_COLUMNS))
+    print(json.dumps(hist, indent=1) if args.json else table(hist, VERSION_COLUMNS))
     return 0
 
 
@@ -162,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cols = [("version", "version", "{}"), ("n", "examples", "{:,}"),
             ("test_error", "error %", "{:.2f}"),
             ("test_error_nonrecoverable", "non-recoverable error %", "{:.2f}")]
-    print(_table([res], cols))
+    print(table([res], cols))
     return 0
 
 
@@ -221,7 +182,7 @@ def add_parsers(sub, formatter) -> None:
     i.add_argument("store", help="the store directory (new or empty)")
     i.add_argument("--model", default=None,
                    help="zoo name (lenet300, lenet5, resnet18) or package.module:Class")
-    i.add_argument("--model-kwargs", type=_json_arg, default={}, metavar="JSON",
+    i.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
                    help="constructor arguments, e.g. '{\"hidden\": [300, 100]}'")
     i.add_argument("--data", required=True, help=".npz (arrays x, y) or tfds:NAME")
     i.add_argument("--validation", default=None, help="validation file (default: a held-out "

@@ -39,10 +39,10 @@ from gpjax.compact import ACTIVATIONS, CompactLayer, CompactModel
 PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
-__all__ = ["CSR_CUSTOM_CALLS", "MAX_TAP_TERMS", "conv_variants", "csr_decode", "csr_encode", "csr_product",
-           "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype", "load_sparse",
-           "save_npz", "save_sparse", "segment_product", "segment_weights", "sparse_variants",
-           "storage_report", "taps_product", "taps_weights"]
+__all__ = ["CSR_CUSTOM_CALLS", "MAX_TAP_TERMS", "conv_variants", "csr_decode", "csr_encode",
+           "csr_product", "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype",
+           "load_sparse", "save_npz", "save_sparse", "segment_product", "segment_weights",
+           "sparse_variants", "storage_report", "taps_product", "taps_weights"]
 
 #: The XLA custom calls :func:`csr_product` lowers to (CPU). They are jaxlib's kernels, outside
 #: ``jax.export``'s compatibility guarantees: an artifact using them needs a jaxlib that has them
