@@ -203,8 +203,15 @@ def check_bool_masks(masks: PyTree) -> None:
                              "expected bool. Fix: pass boolean masks (e.g. m.astype(bool)).")
 
 
-def _input_fed_flags(masks: PyTree, input_fed: LeafSelector | PyTree) -> list[bool]:
-    """One flag per masked leaf (in :func:`masked_leaves` order)."""
+def input_fed_flags(masks: PyTree, input_fed: LeafSelector | PyTree) -> list[bool]:
+    """Which masked leaves the network input feeds: one flag per masked leaf, in
+    :func:`masked_leaves` order.
+
+    Args:
+      masks: a masks pytree.
+      input_fed: fnmatch patterns over leaf paths (each must match a leaf), a predicate on a
+        leaf path, a pytree like ``masks`` of bools, or None (no leaf).
+    """
     mflat, treedef = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
     if input_fed is not None and not callable(input_fed) and not isinstance(input_fed, str) \
             and jax.tree.structure(input_fed, is_leaf=is_none) == treedef:
@@ -314,7 +321,7 @@ def connect_units(masks: PyTree, *, seed: int | jax.Array = 0,
         seed = np.asarray(jax.random.key_data(seed) if jnp.issubdtype(
             seed.dtype, jax.dtypes.prng_key) else seed, np.uint32).ravel()
     rng = np.random.default_rng(seed)
-    flags = _input_fed_flags(masks, input_fed)
+    flags = input_fed_flags(masks, input_fed)
     axes_all = unit_axes(masks, layout)
     fixed = []
     for (_, m, _), fed, axes in zip(masked_leaves(masks), flags, axes_all, strict=True):
@@ -362,7 +369,7 @@ def dead_units(masks: PyTree, *, input_fed: LeafSelector | PyTree = None,
       leaves of rank < 2, which have no units).
     """
     check_bool_masks(masks)
-    flags = _input_fed_flags(masks, input_fed)
+    flags = input_fed_flags(masks, input_fed)
     axes_all = unit_axes(masks, layout)
     out = {}
     for (name, m, _), fed, axes in zip(masked_leaves(masks), flags, axes_all):

@@ -123,7 +123,7 @@ def prune(
     M.check_bool("recoverable", recoverable)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    fed = tuple(M._input_fed_flags(masks, input_fed))
+    fed = tuple(M.input_fed_flags(masks, input_fed))
     axes = tuple(M.unit_axes(masks, layout))
     mflat, treedef = jax.tree.flatten(masks, is_leaf=M.is_none)
     pflat = treedef.flatten_up_to(params)

@@ -330,11 +330,10 @@ class _Run:
 
 
 def _input_kernel_mask(masks: PyTree, patterns: Sequence[str]) -> np.ndarray | None:
-    import fnmatch
-
-    from gpjax.masks import masked_leaves
-    for name, m, _ in masked_leaves(masks):
-        if any(fnmatch.fnmatch(name, p) for p in patterns):
+    """The first input-fed kernel's mask as ``[inputs, units]`` (None: no such kernel)."""
+    from gpjax.masks import input_fed_flags, masked_leaves
+    for (_, m, _), fed in zip(masked_leaves(masks), input_fed_flags(masks, tuple(patterns))):
+        if fed:
             m = np.asarray(m)
             return m.reshape(-1, m.shape[-1])
     return None
