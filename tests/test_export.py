@@ -336,29 +336,44 @@ def test_export_times_each_layers_alternative_in_the_whole_artifact(tmp_path, mo
     _assert_exact(tmp_path / "a", params, masks, x)
 
 
+def _lenet5_export(tmp_path, seed, n, recoverable, batch_sizes):
+    """A pruned LeNet-5 (80%) exported to ``tmp_path / "a"``: ``(manifest, model, params,
+    masks, x [n, 28, 28, 1])``."""
+    from gpjax.models import LeNet5
+
+    model = LeNet5()
+    x = np.random.default_rng(seed).normal(size=(n, 28, 28, 1)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.key(seed), x[:1])["params"]
+    params, masks = gpjax.prune(params, gpjax.init_masks(params), percentile=80.0,
+                                recoverable=recoverable, input_fed=LeNet5.input_kernels)
+    m = gpjax.export_model(model, params, masks, tmp_path / "a", example_input=x[:2],
+                           batch_sizes=batch_sizes, repeats=1)
+    return m, model, params, masks, x
+
+
+def _assert_equals_the_flax_model(directory, model, params, masks, x):
+    """The artifact equals the Flax model on the masked weights at batch 1 and ``len(x)``."""
+    from gpjax.export.artifact import load_artifact
+
+    predict = load_artifact(directory)
+    want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
+    for n in (1, len(x)):
+        np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)
+
+
 def test_export_chooses_each_convolution_by_measurement(tmp_path, monkeypatch):
     """LeNet-5 with timings where XLA's own convolution beats the row-GEMM product only from
     batch 32 on: the conv layers switch at 32 inside the one artifact, which equals the masked
     model (the Flax model on the masked weights) at batch 1 and 40."""
     import gpjax.export.artifact as artifact
-    from gpjax.models import LeNet5
 
     monkeypatch.setattr(artifact, "time_calls", _fake_timer(
         lambda name, b: name == "chosen" or (name == "conv_xla" and b >= 32)))
-    model = LeNet5()
-    x = np.random.default_rng(11).normal(size=(40, 28, 28, 1)).astype(np.float32)
-    params = jax.jit(model.init)(jax.random.key(3), x[:1])["params"]
-    params, masks = gpjax.prune(params, gpjax.init_masks(params), percentile=80.0,
-                                recoverable=False, input_fed=LeNet5.input_kernels)
-    m = gpjax.export_model(model, params, masks, tmp_path / "a", example_input=x[:2],
-                           batch_sizes=(1, 32), repeats=1)
+    m, *state = _lenet5_export(tmp_path, 3, 40, recoverable=False, batch_sizes=(1, 32))
     convs = [r for r in m["layers"] if r["kind"] == "conv"]
     assert len(convs) == 2 and all(r["compute"] == "conv_xla" and r["from_batch"] == 32
                                    for r in convs)
-    predict = artifact.load_artifact(tmp_path / "a")
-    want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
-    for n in (1, 40):
-        np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)
+    _assert_equals_the_flax_model(tmp_path / "a", *state)
 
 
 def test_export_can_compute_a_sparse_convolution_from_its_taps(tmp_path, monkeypatch):
@@ -368,24 +383,14 @@ def test_export_can_compute_a_sparse_convolution_from_its_taps(tmp_path, monkeyp
     masked model."""
     import gpjax.export.artifact as artifact
     from gpjax.export.sparse import MAX_TAP_TERMS
-    from gpjax.models import LeNet5
 
     monkeypatch.setattr(artifact, "time_calls", _fake_timer(
         lambda name, b: name in ("chosen", "conv_taps")))
-    model = LeNet5()
-    x = np.random.default_rng(12).normal(size=(9, 28, 28, 1)).astype(np.float32)
-    params = jax.jit(model.init)(jax.random.key(4), x[:1])["params"]
-    params, masks = gpjax.prune(params, gpjax.init_masks(params), percentile=80.0,
-                                recoverable=True, input_fed=LeNet5.input_kernels)
-    m = gpjax.export_model(model, params, masks, tmp_path / "a", example_input=x[:2],
-                           batch_sizes=(1, 4), repeats=1)
+    m, *state = _lenet5_export(tmp_path, 4, 9, recoverable=True, batch_sizes=(1, 4))
     conv1, conv2 = (r for r in m["layers"] if r["kind"] == "conv")
     assert conv1["nonzero"] <= MAX_TAP_TERMS < conv2["nonzero"]
     assert conv1["compute"] == "conv_taps" and conv2["compute"] == "dense"
     assert conv1["macs"] == conv1["nonzero"] * 28 * 28
     shapes = [a.shape for a in np.load(tmp_path / "a" / "weights.npz").values()]
     assert (5, 5, 1, 6) not in shapes and (conv1["nonzero"],) in shapes
-    predict = artifact.load_artifact(tmp_path / "a")
-    want = np.asarray(jax.jit(model.apply)({"params": gpjax.apply_masks(params, masks)}, x))
-    for n in (1, 9):
-        np.testing.assert_allclose(np.asarray(predict(x[:n])), want[:n], atol=1e-4)
+    _assert_equals_the_flax_model(tmp_path / "a", *state)
