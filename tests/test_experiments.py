@@ -46,6 +46,16 @@ def test_common_target_is_reached_by_every_arm():
     assert fig6.ratio(None, 2.2) is None and fig6.ratio(3.0, None) is None
 
 
+def test_fig6_merged_arm_epochs_and_the_scale_it_reports():
+    spec = ["--first-epochs", "90", "--new-epochs", "15", "--all-epochs", "20",
+            "--prune-percentile", "5"]
+    assert fig6.policies(fig6.parse_args(spec))["merged"].all_epochs == 35
+    args = fig6.parse_args([*spec, "--merged-epochs", "49"])
+    assert fig6.policies(args)["merged"].all_epochs == 49
+    assert fig6.describe(args).endswith("SPEC epochs and pruning step.")
+    assert "Reduced from SPEC" in fig6.describe(fig6.parse_args([]))
+
+
 def test_mean_se():
     m, s, n = mean_se([1.0, 3.0, None])
     assert (m, n) == (2.0, 2) and s == pytest.approx(1.0)
