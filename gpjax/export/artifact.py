@@ -2,8 +2,9 @@
 
 :func:`export_model` compacts a masked model (:func:`gpjax.compact`), chooses per layer how the
 artifact computes (a dense layer: the compact dense product, or a sparse one from the batch
-size on where it measures faster, dense below it; a conv layer: row-GEMM matrix multiplies or
-XLA's own convolution, likewise), then times whole artifacts (that choice, every
+size on where it measures faster, dense below it; a conv layer: row-GEMM matrix multiplies,
+XLA's own convolution or, for a very sparse kernel, its nonzero taps, likewise), then times
+whole artifacts (that choice, every
 eligible layer on its fastest sparse variant, the compact dense model) against the dense model
 it came from at those batch sizes, keeps the fastest that is nowhere slower, and writes a
 directory::
@@ -100,10 +101,9 @@ def time_calls(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, lis
 
     Rounds interleave the functions (machine drift hits all alike); the untimed call before
     each timed one leaves that function's weights in cache, as repeated calls of a deployed
-    model do. Timed straight after the other candidates instead, a dense LeNet-300-100 at
-    batch 1 measured 282 us against 84 us warm, while a CSR artifact measured 259 against 204,
-    and the export kept the CSR artifact, 2.4x slower in use
-    (``benchmarks/results/inference_targets.md``).
+    model do. Timed straight after the other candidates, small models measure their cache
+    misses instead and the export picks the wrong one (measured in
+    ``benchmarks/results/inference_targets.md``, "Steady-state timing").
     """
     for f in fns.values():
         jax.block_until_ready(f())

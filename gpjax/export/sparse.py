@@ -1,4 +1,4 @@
-"""Sparse storage of compact models, and sparse products for dense layers.
+"""Sparse storage of compact models, and the other products a layer can be computed by.
 
 Storage. :func:`save_sparse` writes a :class:`~gpjax.compact.CompactModel` to one ``.npz`` file
 (uncompressed): per kernel either the dense array or CSR over its 2-D view ``[rows, out]``
@@ -11,7 +11,9 @@ Products. :func:`ell_product`, :func:`segment_product` and :func:`csr_product` c
 ``x @ kernel`` from the nonzeros only (a padded per-column gather-and-sum; a gather and a sorted
 segment sum; ``jax.experimental.sparse`` CSR, which on CPU runs jaxlib's own CSR kernel, the
 custom call :data:`CSR_CUSTOM_CALLS`); :func:`from_batch` uses a sparse product from a batch
-size on and the dense one below it. The export picks, per layer, what measures fastest.
+size on and the dense one below it. Conv layers (:func:`conv_variants`): XLA's own convolution,
+and :func:`taps_product`, a sum over a very sparse kernel's nonzero taps. The export picks, per
+layer, what measures fastest.
 
 Cost model (``x [B, in]``, ``nnz`` nonzeros): every product does ``B * nnz`` multiply-adds; the
 dense one ``B * in * out`` at the matrix unit's rate. A sparse product pays when its rate on
