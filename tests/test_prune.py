@@ -137,6 +137,69 @@ def test_recoverable_prune_never_kills_a_unit(cfg, seed, steps):
     assert all(d == gpjax.DeadUnits(0, 0) for d in others.values())
 
 
+def _ref_protected(m, w, input_fed):
+    """Numpy reference of ``protection="exclude"``'s spared set: each column's (output unit's)
+    and, unless input-fed, each row's largest active magnitude (spatial positions included)."""
+    a3 = np.where(m, np.abs(w.astype(np.float32)), -1.0).reshape((-1,) + m.shape[-2:])
+    keep = np.zeros(a3.shape, bool)
+    for axis in ((2,) if input_fed else (2, 1)):
+        moved = np.moveaxis(a3, axis, -1)
+        flat = moved.reshape(-1, moved.shape[-1])
+        best = np.zeros(flat.shape, bool)
+        best[np.argmax(flat, axis=0), np.arange(flat.shape[1])] = True
+        keep |= np.moveaxis(best.reshape(moved.shape), -1, axis)
+    return keep.reshape(m.shape) & m
+
+
+@settings(PROPERTY, max_examples=15)
+@given(cfg=st.sampled_from(range(len(_CONFIGS))), seed=st.integers(0, 2**31 - 1),
+       steps=st.lists(st.integers(0, 100), min_size=2, max_size=6),
+       density=st.sampled_from([0.3, 1.0]))
+def test_exclude_protection_prunes_the_percentile_of_the_unprotected(cfg, seed, steps, density):
+    scope = ("layer", "global")[cfg]
+    rng = np.random.default_rng(seed)
+    params = _params(rng, _CONFIGS[cfg])
+    masks = gpjax.connect_units(_masks(rng, params, density), seed=seed, input_fed=_INPUT_FED)
+    params = gpjax.apply_masks(params, masks)
+    for p in steps:
+        q, m = gpjax.prune(params, masks, percentile=p, scope=scope, input_fed=_INPUT_FED,
+                           protection="exclude")
+        old = _named(params, masks)
+        spared = {k: _ref_protected(np.asarray(mk), np.asarray(w), k in _INPUT_FED)
+                  for k, (mk, w) in old.items()}
+        candidates = jax.tree.map(lambda x: x, masks)
+        for k, (mk, _) in old.items():
+            path = k.split("/")
+            candidates[path[0]][path[1]] = jnp.asarray(np.asarray(mk) & ~spared[k])
+        want = _ref_prune_sets(params, candidates, p, scope)
+        for k, (m1, w1) in _named(q, m).items():
+            m0, w0 = (np.asarray(x) for x in old[k])
+            np.testing.assert_array_equal(np.asarray(m1), m0 & ~want[k])
+            np.testing.assert_array_equal(np.asarray(w1)[~np.asarray(m1)], 0.0)
+        dead = gpjax.dead_units(m, input_fed=_INPUT_FED)
+        assert all(d == gpjax.DeadUnits(0, 0) for d in dead.values()), dead
+        params, masks = q, m
+
+
+def test_exclude_protection_keeps_pruning_where_restore_stalls():
+    # Output units 0-29 hang on one small connection each; units 30-39 are dense and large.
+    rng = np.random.default_rng(0)
+    w = np.zeros((40, 40), np.float32)
+    w[np.arange(30), np.arange(30)] = 0.01 * (1 + rng.random(30))
+    w[:, 30:] = 1.0 + rng.random((40, 10))
+    params, masks = {"w": jnp.asarray(w)}, {"w": jnp.asarray(w != 0)}
+    removed = {}
+    for protection in ("restore", "exclude"):
+        _, m = gpjax.prune(params, masks, percentile=5, protection=protection)
+        removed[protection] = int(masks["w"].sum() - m["w"].sum())
+        assert gpjax.dead_units(m)["w"] == gpjax.DeadUnits(0, 0)
+    # restore: the 5% smallest (22 of 430) are all singletons, so every one is given back.
+    assert removed["restore"] == 0
+    # exclude: 5% of the unprotected (floor(q) + 1 of them).
+    n = int((np.asarray(masks["w"]) & ~_ref_protected(np.asarray(masks["w"]), w, False)).sum())
+    assert n > 300 and removed["exclude"] == int(0.05 * (n - 1)) + 1
+
+
 def test_recoverable_keeps_the_largest_magnitude_connection_of_an_emptied_unit():
     w = jnp.asarray([[0.1, -0.2, 0.3],
                      [-0.9, 0.4, 0.05],

@@ -237,6 +237,8 @@ class PruneConfig:
     Attributes:
       percentile: beta, the share of active connections removed per iteration (SPEC: 3-5).
       recoverable: keep every neuron (the model later rounds inherit); False allows emptying.
+      protection: how recoverable pruning keeps neurons, "restore" or "exclude"
+        (:func:`gpjax.prune`).
       scope: "layer" or "global" percentile.
       max_retrain_epochs: R, retraining epochs allowed per iteration to recover accuracy.
       retrain_lr: each retraining epoch restarts a one-epoch cosine from this rate (0.05; 0.01
@@ -254,6 +256,7 @@ class PruneConfig:
 
     percentile: float = 5.0
     recoverable: bool = True
+    protection: str = "restore"
     scope: str = "layer"
     max_retrain_epochs: int = 3
     retrain_lr: float = 0.05
@@ -272,6 +275,9 @@ class PruneConfig:
         check_range(self, "max_iterations", 0)  # 0: no pruning
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"PruneConfig.scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.protection not in ("restore", "exclude"):
+            raise ConfigError("PruneConfig.protection must be 'restore' or 'exclude', got "
+                              f"{self.protection!r}")
 
 
 def prune_and_retrain(
@@ -320,7 +326,8 @@ def prune_and_retrain(
             log.stopped = "target"
             break
         params, masks = gpjax.prune(state.params, state.masks, percentile=cfg.percentile,
-                                    recoverable=cfg.recoverable, scope=cfg.scope,
+                                    recoverable=cfg.recoverable, protection=cfg.protection,
+                                    scope=cfg.scope,
                                     input_fed=input_fed)
         new_active = gpjax.count_params(masks).active
         if new_active >= active:
