@@ -162,7 +162,7 @@ def prune(
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     if protection not in PROTECTIONS:
-        raise ValueError(f"protection must be 'restore' or 'exclude', got {protection!r}. "
+        raise ValueError(f"protection must be one of {PROTECTIONS}, got {protection!r}. "
                          "Fix: pass one of those.")
     fed = tuple(M.input_fed_flags(masks, input_fed))
     axes = tuple(M.unit_axes(masks, layout))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 import gpjax
 from gpjax.data.buckets import is_bucketed
 from gpjax.fields import ConfigError, check_range, check_types
+from gpjax.prune import PROTECTIONS
 from gpjax.train import (
     Task,
     TrainState,
@@ -277,8 +278,8 @@ class PruneConfig:
         check_range(self, "max_iterations", 0)  # 0: no pruning
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"PruneConfig.scope must be 'layer' or 'global', got {self.scope!r}")
-        if self.protection not in ("restore", "exclude"):
-            raise ConfigError("PruneConfig.protection must be 'restore' or 'exclude', got "
+        if self.protection not in PROTECTIONS:
+            raise ConfigError(f"PruneConfig.protection must be one of {PROTECTIONS}, got "
                               f"{self.protection!r}")
 
 
