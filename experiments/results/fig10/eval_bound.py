@@ -9,6 +9,7 @@ Prints the median over 10 calls of each, after one warm-up. Both are one jitted 
 batches of 1000; they agree on every prediction (checked).
 """
 
+import os
 import time
 
 import jax
@@ -73,7 +74,8 @@ def main():
     y = jnp.asarray(rng.integers(0, 10, 10000))
     cs = [csr(w) for w in ws]
     assert int(dense(ws, bs, x, y)) == int(sparse(cs, bs, x, y))
-    print(f"connections {sum(int((w != 0).sum()) for w in ws):,}; load {np.round(__import__('os').getloadavg(), 2).tolist()}")
+    nnz = sum(int((w != 0).sum()) for w in ws)
+    print(f"connections {nnz:,}; load average {np.round(os.getloadavg(), 2).tolist()}")
     d, s = median_ms(dense, ws, bs, x, y), median_ms(sparse, cs, bs, x, y)
     print(f"masked dense {d:.1f} ms, CSR {s:.1f} ms per 10K images: CSR {d / s:.2f}x faster")
 
