@@ -1,7 +1,7 @@
 """What bounds GrowPrune's evaluation time in FIG. 10: one evaluation of LeNet-300-100 on 10K
-images, masked dense (as `gpjax.evaluate` does it) against CSR products (jaxlib's sparse
-kernel, `jax.experimental.sparse.BCSR`, nonzeros padded to a power of two so that shapes stay
-few), at the size of GrowPrune's final models (~7.6K connections: fc1 2%, fc2 8%, fc3 50%).
+images, masked dense (as `gpjax.evaluate` does it) against the export's CSR products
+(`gpjax.export.sparse.csr_product`: jaxlib's sparse kernel), at the size of GrowPrune's final
+models (~7.6K connections: fc1 2%, fc2 8%, fc3 50%).
 
     python experiments/results/fig10/eval_bound.py
 
@@ -15,14 +15,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse as jsparse
+
+from gpjax.export.sparse import csr_product, csr_weights
+from gpjax.models.lenet import leaky_relu
 
 SHAPES = [(784, 300), (300, 100), (100, 10)]
 DENSITY = [0.02, 0.08, 0.5]
-
-
-def act(h):
-    return jnp.where(h >= 0, h, 0.01 * h)
 
 
 def scan_errors(layer):
@@ -32,27 +30,14 @@ def scan_errors(layer):
             h, yb = inp
             for i, (w, b, s) in enumerate(zip(ws, bs, SHAPES)):
                 h = layer(h, w, s) + b
-                h = act(h) if i < len(SHAPES) - 1 else h
+                h = leaky_relu(h) if i < len(SHAPES) - 1 else h
             return t + (h.argmax(-1) != yb).sum(), None
         return jax.lax.scan(step, 0, (x.reshape(10, 1000, -1), y.reshape(10, 1000)))[0]
     return errors
 
 
 dense = scan_errors(lambda h, w, s: h @ w)
-sparse = scan_errors(lambda h, c, s: (jsparse.BCSR(c, shape=(s[1], s[0])) @ h.T).T)
-
-
-def csr(w):
-    """CSR of ``w.T`` with its nonzeros padded (zeros in the last row) to a power of two."""
-    rows, cols = np.nonzero(w.T)
-    pad = 1 << int(np.ceil(np.log2(max(len(rows), 1))))
-    data, idx = np.zeros(pad, np.float32), np.zeros(pad, np.int32)
-    data[:len(rows)], idx[:len(rows)] = w.T[rows, cols], cols
-    indptr = np.zeros(w.shape[1] + 1, np.int32)
-    np.add.at(indptr, rows + 1, 1)
-    indptr = np.cumsum(indptr).astype(np.int32)
-    indptr[-1] = pad
-    return tuple(jnp.asarray(a) for a in (data, idx, indptr))
+sparse = scan_errors(lambda h, c, s: csr_product(h, c, shape=s))
 
 
 def median_ms(f, *args, repeats=10):
@@ -72,7 +57,7 @@ def main():
     bs = [jnp.zeros(s[1], jnp.float32) for s in SHAPES]
     x = jnp.asarray(rng.random((10000, 784), np.float32))
     y = jnp.asarray(rng.integers(0, 10, 10000))
-    cs = [csr(w) for w in ws]
+    cs = [csr_weights(w) for w in ws]
     assert int(dense(ws, bs, x, y)) == int(sparse(cs, bs, x, y))
     nnz = sum(int((w != 0).sum()) for w in ws)
     print(f"connections {nnz:,}; load average {np.round(os.getloadavg(), 2).tolist()}")
