@@ -392,10 +392,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gpjax.incremental.checkpoint import CheckpointMismatchError
     from gpjax.incremental.lock import DirectoryLockedError
     from gpjax.incremental.loop import ResultsConflictError
+    from gpjax.incremental.phases import NonFiniteLossError
     from gpjax.incremental.store import StoreError
     from gpjax.models.registry import ModelImportError
     return (UsageError, DataFileError, ConfigError, CheckpointMismatchError, DirectoryLockedError,
-            ResultsConflictError, StoreError, ModelImportError, FileExistsError)
+            ResultsConflictError, StoreError, ModelImportError, FileExistsError,
+            NonFiniteLossError)
 
 
 USER_ERRORS = _user_errors()

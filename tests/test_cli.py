@@ -131,6 +131,17 @@ def test_bad_run_arguments_refused_in_one_line_before_anything(args, says, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_diverged_training_is_one_line_naming_the_fix(tmp_path, capsys):
+    """A NaN loss ends the run with exit 2 and one line that says how to avoid it."""
+    code = cli.main(["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--rounds",
+                     "1", "--set", "learning_rate=1e30", "--no-progress", "--out",
+                     str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "training loss is nan" in err and "clip_norm" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")

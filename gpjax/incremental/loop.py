@@ -245,7 +245,9 @@ class _Run:
             raise NonFiniteLossError(
                 f"round {r} ({self.policy.name}, seed {self.seed}), {err}; the last good "
                 f"checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory} "
-                "(resume starts there)") from err
+                "(resume starts there); to avoid it, lower the learning rate (--set "
+                "learning_rate=0.05) or clip gradients (--set 'optimizer={\"clip_norm\": 5.0}')"
+                ) from err
         row, nonrec = self.finish_round(r, rd, state, log, test, data, plan)
         self.rows.append(row)
         self.save(state, carry_next, _Position(r, None, round_done=True))
