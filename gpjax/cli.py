@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _check_runs(cfg, pols, seeds, out: Path, args) -> None:
     """Every run directory is free and holds nothing of another config: checked for all runs
     before the first starts."""
-    from gpjax.incremental.loop import check_results, run_config, run_dir
+    from gpjax.incremental.loop import check_results, run_config, run_config_defaults, run_dir
     for seed in seeds:
         for pol in pols:
             d = run_dir(out, pol, seed)
@@ -231,7 +231,8 @@ def _check_runs(cfg, pols, seeds, out: Path, args) -> None:
                 raise UsageError(f"{ckpt} already holds checkpoints: pass "
                                  "--resume to continue that run, or choose another --out")
             if not has_ckpt:
-                check_results(d, run_config(cfg, pol, seed), overwrite=args.overwrite)
+                check_results(d, run_config(cfg, pol, seed), overwrite=args.overwrite,
+                              defaults=run_config_defaults(cfg, pol, seed))
 
 
 def _load(paths) -> list[dict]:

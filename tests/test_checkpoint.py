@@ -27,6 +27,7 @@ from gpjax.incremental.checkpoint import (
     CorruptCheckpointWarning,
     RoundCheckpointer,
     abstract_like,
+    with_defaults,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +153,26 @@ def test_config_mismatch_names_keys(tmp_path):
     ck = RoundCheckpointer(tmp_path / "fresh", config=new)
     ck.save(1, {"w": jnp.ones(2)}, {})
     assert json.loads((tmp_path / "fresh" / "gpjax_config.json").read_text())["alpha"] == 30.0
+
+
+def test_a_field_added_since_the_save_reads_as_its_default(tmp_path):
+    """A config saved before ``prune.protection`` existed resumes with the default value,
+    and still refuses any other value."""
+    RoundCheckpointer(tmp_path, config=CONFIG).save(1, {"w": jnp.ones(2)}, {})
+    defaults = {"prune": {"protection": "restore", "beta": 1.0}, "later": {"x": None}}
+    new = json.loads(json.dumps(CONFIG))
+    new["prune"]["protection"] = "restore"
+    new["later"] = {"x": None}
+    assert RoundCheckpointer(tmp_path, config=new, defaults=defaults).latest_step() == 1
+    new["prune"]["protection"] = "exclude"
+    with pytest.raises(CheckpointMismatchError, match="prune.protection: old='restore'"):
+        RoundCheckpointer(tmp_path, config=new, defaults=defaults)
+    # Without defaults the absent key is a difference, as before.
+    new["prune"]["protection"] = "restore"
+    with pytest.raises(CheckpointMismatchError, match="absent"):
+        RoundCheckpointer(tmp_path, config=new)
+    # A stored value is never replaced by the default.
+    assert with_defaults({"prune": {"beta": 5.0}}, defaults)["prune"]["beta"] == 5.0
 
 
 def test_structure_and_shape_mismatch_named(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -140,6 +141,26 @@ def test_diverged_training_is_one_line_naming_the_fix(tmp_path, capsys):
     assert code == 2, err
     assert "training loss is nan" in err and "clip_norm" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_resume_of_a_run_saved_before_a_field_existed(tmp_path, capsys):
+    """Checkpoints and rows written before ``prune.protection`` and ``optimizer.clip_norm``
+    existed resume under today's defaults; a non-default value is still refused."""
+    out = tmp_path / "out"
+    base = ["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--no-progress",
+            "--out", str(out)]
+    assert cli.main([*base, "--rounds", "2"]) == 0
+    run = out / "tfs-seed0"
+    for f in [*run.rglob("gpjax_config.json"), run / "results.json"]:
+        doc = json.loads(f.read_text())
+        cfg = doc.get("metadata", doc)
+        del cfg["policy"]["prune"]["protection"], cfg["experiment"]["optimizer"]["clip_norm"]
+        f.write_text(json.dumps(doc))
+    assert cli.main([*base, "--rounds", "2", "--resume"]) == 0, capsys.readouterr().err
+    assert [r["round"] for r in json.loads((run / "results.json").read_text())["rows"]] == [0, 1]
+    capsys.readouterr()
+    assert cli.main([*base, "--rounds", "2", "--resume", "--set", "prune.protection=exclude"]) == 2
+    assert "prune.protection" in capsys.readouterr().err
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):

@@ -112,6 +112,28 @@ def _flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix or "<root>": d}
 
 
+def with_defaults(stored: Any, defaults: Any) -> Any:
+    """``stored`` with every key it lacks (at any depth) taken from ``defaults``.
+
+    A run config saved before a field existed holds no value for it; the run then behaved as
+    the field's default does, so a resume with the default value is the same run.
+
+    Args:
+      stored: a JSON config as saved.
+      defaults: a JSON config of the same layout holding every field's default.
+
+    Returns:
+      ``stored`` completed; keys already present, and keys ``defaults`` lacks, are kept as
+      they are.
+    """
+    if not (isinstance(stored, Mapping) and isinstance(defaults, Mapping)):
+        return stored
+    out = dict(stored)
+    for k, v in defaults.items():
+        out[k] = with_defaults(stored[k], v) if k in stored else v
+    return out
+
+
 def config_diff(old: Any, new: Any) -> list[str]:
     """Human-readable differences between two JSON configs, one line per dotted key.
 
@@ -193,6 +215,8 @@ class RoundCheckpointer:
       directory: where the steps live (created if missing). Must not be shared by runs of
         different configs.
       config: the run config as a JSON-able dict; compared with the one stored in ``directory``.
+      defaults: the same layout with every field's default: a key the stored config lacks
+        (a field added since it was saved) counts as holding its default (:func:`with_defaults`).
       max_to_keep: how many newest steps Orbax keeps (older ones are deleted after a save).
       async_save: let Orbax write in a background thread (``save`` still waits unless told not).
       checksums: store a CRC32 of every leaf and verify it on restore (catches silently damaged
@@ -204,11 +228,13 @@ class RoundCheckpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, *, config: dict, max_to_keep: int = 3,
-                 async_save: bool = True, checksums: bool = True) -> None:
+                 async_save: bool = True, checksums: bool = True,
+                 defaults: dict | None = None) -> None:
         if max_to_keep is not None and int(max_to_keep) < 1:
             raise ValueError(f"max_to_keep must be >= 1 (or None to keep all), got {max_to_keep}")
         self.directory = Path(directory).absolute()
         self.config = _jsonable(config, "the run config")
+        self.defaults = _jsonable(defaults or {}, "the config defaults")
         self.max_to_keep = max_to_keep
         self.checksums = checksums
         self._primary = jax.process_index() == 0
@@ -239,6 +265,7 @@ class RoundCheckpointer:
             raise CheckpointMismatchError(
                 f"cannot read the stored run config {path}: {e}. Delete it only if you are sure "
                 f"the checkpoints in {self.directory} belong to this config.") from e
+        stored = with_defaults(stored, self.defaults)
         if stored != self.config:
             if not any(p.is_dir() and p.name.isdigit() for p in self.directory.iterdir()):
                 # Config written by a run killed before its first complete step: nothing to

@@ -81,14 +81,21 @@ def run_config(cfg: ExperimentConfig, policy: Policy, seed: int) -> dict:
     return {"experiment": cfg.to_dict(), "policy": policy_to_dict(policy), "seed": seed}
 
 
-def check_results(directory: Path, config: dict, *, overwrite: bool = False) -> None:
+def run_config_defaults(cfg: ExperimentConfig, policy: Policy, seed: int) -> dict:
+    """:func:`run_config` of the default experiment and policy fields: what a config saved
+    before a field existed is read as holding (the checkpoint and results guards use it)."""
+    return run_config(ExperimentConfig(name=cfg.name), type(policy)(), seed)
+
+
+def check_results(directory: Path, config: dict, *, overwrite: bool = False,
+                  defaults: dict | None = None) -> None:
     """Refuses to write into ``directory`` whose ``results.json`` came from another config.
 
     Raises:
       ResultsConflictError: the stored results name a different config (or cannot be read)
         and ``overwrite`` is False.
     """
-    from gpjax.incremental.checkpoint import config_diff
+    from gpjax.incremental.checkpoint import config_diff, with_defaults
     from gpjax.report import RESULTS_JSON
     path = directory / RESULTS_JSON
     if overwrite or not path.exists():
@@ -99,7 +106,8 @@ def check_results(directory: Path, config: dict, *, overwrite: bool = False) -> 
         raise ResultsConflictError(f"{path} cannot be read ({e}); move it away or pass "
                                    "--overwrite to replace it") from None
     config = json.loads(json.dumps(config))  # as stored: tuples become lists
-    stored = {k: stored.get(k) for k in config}
+    stored = with_defaults({k: stored.get(k) for k in config},
+                           json.loads(json.dumps(defaults or {})))
     if stored != config:
         diff = "; ".join(config_diff(stored, config)[:5])
         raise ResultsConflictError(
@@ -137,17 +145,18 @@ class _Run:
         self.trainer = Trainer(exp.task, _optimizer(self.cfg.optimizer), bs,
                                self.cfg.eval_batch_size, progress, batch_sharding)
         self.run_config = run_config(self.cfg, policy, seed)
+        defaults = run_config_defaults(self.cfg, policy, seed)
         ckpt_dir = out / "checkpoints"
         has_ckpt = ckpt_dir.exists() and any(ckpt_dir.iterdir())
         if not resume and has_ckpt:
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume=True "
                                   "(--resume) to continue that run, or choose another --out")
         if not has_ckpt:  # with checkpoints, their own config guard names what differs
-            check_results(out, self.run_config, overwrite=overwrite)
+            check_results(out, self.run_config, overwrite=overwrite, defaults=defaults)
         self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep,
-                                      async_save=False)
+                                      async_save=False, defaults=defaults)
         self.models = RoundCheckpointer(out / MODELS_DIR, config=self.run_config,
-                                        max_to_keep=None, async_save=False)
+                                        max_to_keep=None, async_save=False, defaults=defaults)
         self.step = 0
         self.rows: list[dict] = []
 
