@@ -14,7 +14,10 @@ writes ``round_breakdown_<date><suffix>.md`` / ``.json``: per policy and round, 
 share of the round's wall time per category, and the same summed over each policy's rounds.
 ``--keep DIR`` keeps the runs as ``gpjax run`` writes them (``DIR/<policy>-seed<seed>``: rows,
 models, checkpoints; ``--resume`` continues them), so a protocol run can be its own
-measurement.
+measurement. The tables are rewritten after every round, so a killed run keeps the rounds it
+finished; ``--resume`` with the same ``--suffix`` continues the newest table of that suffix in
+``--out`` (the first round of each resumed process is marked ``resumed``: its wall time counts
+only since that process started).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import tempfile
 import time
 from collections import defaultdict
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = {"command": command_line("benchmarks.round_breakdown", argv), "machine": machine(),
            "versions": versions(), "compile_cache": cache, "load_start": load_average(),
            "rounds": []}
+    stem, res = _table(args.out, args.suffix, res, resume=args.resume)
+    fresh = {"process": True}
     for pol in pols:
         with contextlib.ExitStack() as stack:
             tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory())
@@ -155,19 +161,44 @@ def main(argv: list[str] | None = None) -> dict:
                 for c in CATEGORIES[:-1]:
                     row[c] = clock.seconds[c] - marks["seconds"].get(c, 0.0)
                 row["other"] = row["wall_s"] - sum(row[c] for c in CATEGORIES[:-1])
-                res["rounds"].append(row)
+                if fresh.pop("process", False) and res.get("segments"):
+                    row["resumed"] = True
+                res["rounds"] = [x for x in res["rounds"]
+                                 if (x["policy"], x["round"]) != (pol.name, r)] + [row]
+                _save(stem, res)
                 marks.update(seconds=dict(clock.seconds), compile=clock.compile_s, t=now)
 
             run(exp, pol, args.seed, tmp, progress=False, callback=on_round,
                 resume=args.resume)
     res["load_end"] = load_average()
-    res["totals"] = totals(res["rounds"])
-    md = markdown(res)
-    print(md)
-    path = write_results(args.out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{args.suffix}",
-                         res, md)
-    print(f"wrote {path}.{{md,json}}")
+    _save(stem, res)
+    print(markdown(res))
+    print(f"wrote {stem}.{{md,json}}")
     return res
+
+
+def _table(out: Path, suffix: str, res: dict, *, resume: bool) -> tuple[Path, dict]:
+    """Where this run's tables go and what they hold so far: with ``resume`` and a
+    ``suffix``, the newest ``round_breakdown_*<suffix>.json`` in ``out`` (this process's
+    command, machine and load are added to its ``segments``); else a new name."""
+    found = sorted(out.glob(f"round_breakdown_*{suffix}.json"), key=lambda p: p.stat().st_mtime)
+    if resume and suffix and found:
+        old = json.loads(found[-1].read_text())
+        seg = {k: res[k] for k in ("command", "machine", "versions", "load_start")}
+        old["segments"] = [*old.get("segments", []), seg]
+        return found[-1].with_suffix(""), old
+    stem = write_results(out, f"round_breakdown_{time.strftime('%Y-%m-%d')}{suffix}", res,
+                         markdown(res))
+    return stem, res
+
+
+def _save(stem: Path, res: dict) -> None:
+    """Rewrites ``<stem>.md`` and ``.json`` (each through a temporary file and a rename)."""
+    res["totals"] = totals(res["rounds"])
+    for ext, text in ((".md", markdown(res)), (".json", json.dumps(res, indent=1, default=str))):
+        tmp = stem.with_name(f"{stem.name}{ext}.tmp")
+        tmp.write_text(text)
+        tmp.replace(stem.with_name(stem.name + ext))
 
 
 def markdown(res: dict) -> str:
@@ -180,7 +211,8 @@ def markdown(res: dict) -> str:
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in [*res["rounds"], *totals(res["rounds"])]:
         name = r["policy"] if isinstance(r["round"], int) else f"**{r['policy']}**"
-        cells = [name, str(r["round"]), f"{r['wall_s']:.1f}"]
+        cells = [name, f"{r['round']}{' (resumed)' if r.get('resumed') else ''}",
+                 f"{r['wall_s']:.1f}"]
         cells += [f"{r[c]:.1f} ({100 * r[c] / r['wall_s']:.0f}%)" for c in CATEGORIES]
         cells.append(f"{r['compile_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import round_breakdown
 from gpjax.report import load_rows
 
@@ -23,6 +25,32 @@ def test_breakdown_categories_add_up_and_keep_writes_a_run(tmp_path):
     rows = load_rows(tmp_path / "runs")
     assert [(r["policy"], r["round"]) for r in rows] == [("tfs", 0), ("tfs", 1)]
     assert list((tmp_path / "res").glob("round_breakdown_*.md"))
+
+
+def test_a_killed_breakdown_keeps_its_rounds_and_resume_continues_the_table(tmp_path,
+                                                                             monkeypatch):
+    argv = ["--config", "lenet300_mnist_tiny", "--policy", "tfs", "--rounds", "2", "--keep",
+            str(tmp_path / "runs"), "--out", str(tmp_path / "res"), "--suffix", "_t"]
+    save = round_breakdown._save
+
+    def save_then_die(stem, res):
+        save(stem, res)
+        raise KeyboardInterrupt  # as a session's end kills the process after round 0
+
+    monkeypatch.setattr(round_breakdown, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        round_breakdown.main(argv)
+    (table,) = (tmp_path / "res").glob("round_breakdown_*_t.json")
+    assert [r["round"] for r in json.loads(table.read_text())["rounds"]] == [0]
+    monkeypatch.setattr(round_breakdown, "_save", save)
+    res = round_breakdown.main([*argv, "--resume"])
+    assert list((tmp_path / "res").glob("round_breakdown_*_t.json")) == [table]
+    stored = json.loads(table.read_text())
+    assert [(r["round"], r.get("resumed", False)) for r in stored["rounds"]] == [(0, False),
+                                                                              (1, True)]
+    assert len(stored["segments"]) == 1 and stored["totals"] == res["totals"]
+    assert "1 (resumed)" in table.with_suffix(".md").read_text()
+    assert [r["round"] for r in load_rows(tmp_path / "runs")] == [0, 1]
 
 
 def test_write_results_never_overwrites_an_earlier_result(tmp_path):
