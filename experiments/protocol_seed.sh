@@ -3,6 +3,9 @@
 # round timer (`benchmarks.round_breakdown`, which runs `gpjax run`'s loop unchanged and keeps
 # its output), from a detached git worktree of HEAD, so edits to the checkout cannot reach the
 # running code. Interrupted? Run the same command again: every policy resumes (--resume).
+# The session ending before a policy does? `python -m experiments.handover pack --work $WORK
+# --figure FIGURE <policy>-seed<k>` and commit experiments/results/FIGURE/inprogress/: the
+# next machine's run of this command continues from there.
 #
 # usage: experiments/protocol_seed.sh CONFIG FIGURE SEED POLICY...
 #   e.g. nohup experiments/protocol_seed.sh lenet5_mnist fig11 0 growprune tfs nft nest \
@@ -23,6 +26,9 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 mkdir -p "$WORK"
 [ -d "$WORK/wt" ] || git -C "$REPO" worktree add --detach "$WORK/wt" HEAD
 cd "$WORK/wt" || exit 1
+# A run handed over by an earlier machine (experiments/handover.py) continues from its step.
+"$PY" -m experiments.handover unpack --work "$WORK" --figure "$FIGURE" \
+  --results "$REPO/experiments/results"
 echo "=== commit $(git rev-parse --short HEAD), config $CONFIG, seed $SEED"
 for P in "$@"; do
   echo "=== $P seed $SEED start $(date -u +%FT%TZ)"

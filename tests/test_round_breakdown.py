@@ -27,30 +27,62 @@ def test_breakdown_categories_add_up_and_keep_writes_a_run(tmp_path):
     assert list((tmp_path / "res").glob("round_breakdown_*.md"))
 
 
-def test_a_killed_breakdown_keeps_its_rounds_and_resume_continues_the_table(tmp_path,
-                                                                             monkeypatch):
+def _killed_after_round_0(work, monkeypatch, suffix="_t") -> list[str]:
+    """A round-timed tiny TFS run of 2 rounds, killed after round 0 as a session's end would;
+    returns its argv (``--keep work/runs --out work/breakdown``)."""
     argv = ["--config", "lenet300_mnist_tiny", "--policy", "tfs", "--rounds", "2", "--keep",
-            str(tmp_path / "runs"), "--out", str(tmp_path / "res"), "--suffix", "_t"]
+            str(work / "runs"), "--out", str(work / "breakdown"), "--suffix", suffix]
     save = round_breakdown._save
 
     def save_then_die(stem, res):
         save(stem, res)
-        raise KeyboardInterrupt  # as a session's end kills the process after round 0
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(round_breakdown, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         round_breakdown.main(argv)
-    (table,) = (tmp_path / "res").glob("round_breakdown_*_t.json")
-    assert [r["round"] for r in json.loads(table.read_text())["rounds"]] == [0]
     monkeypatch.setattr(round_breakdown, "_save", save)
+    return argv
+
+
+def test_a_killed_breakdown_keeps_its_rounds_and_resume_continues_the_table(tmp_path,
+                                                                             monkeypatch):
+    argv = _killed_after_round_0(tmp_path, monkeypatch)
+    (table,) = (tmp_path / "breakdown").glob("round_breakdown_*_t.json")
+    assert [r["round"] for r in json.loads(table.read_text())["rounds"]] == [0]
     res = round_breakdown.main([*argv, "--resume"])
-    assert list((tmp_path / "res").glob("round_breakdown_*_t.json")) == [table]
+    assert list((tmp_path / "breakdown").glob("round_breakdown_*_t.json")) == [table]
     stored = json.loads(table.read_text())
     assert [(r["round"], r.get("resumed", False)) for r in stored["rounds"]] == [(0, False),
                                                                               (1, True)]
     assert len(stored["segments"]) == 1 and stored["totals"] == res["totals"]
     assert "1 (resumed)" in table.with_suffix(".md").read_text()
     assert [r["round"] for r in load_rows(tmp_path / "runs")] == [0, 1]
+
+
+def test_handover_carries_a_killed_run_to_a_fresh_work_directory(tmp_path, monkeypatch):
+    """pack on the old machine, unpack on a new one, resume: the rows and the table go on."""
+    from experiments import handover
+
+    old, new, repo = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    argv = _killed_after_round_0(old, monkeypatch, suffix="_figx_tfs_seed0")
+    assert handover.main(["pack", "tfs-seed0", "--work", str(old), "--figure", "figx",
+                          "--results", str(repo)]) == 0
+    packed = repo / "figx" / "inprogress" / "tfs-seed0"
+    steps = [p.name for p in (packed / "runs" / "tfs-seed0" / "checkpoints").iterdir()
+             if p.is_dir()]
+    assert len(steps) == 1  # only the newest step travels
+    assert handover.main(["unpack", "--work", str(new), "--figure", "figx",
+                          "--results", str(repo)]) == 0
+    argv = [a.replace(str(old), str(new)) for a in argv]
+    round_breakdown.main([*argv, "--resume"])
+    assert [r["round"] for r in load_rows(new / "runs")] == [0, 1]
+    (table,) = (new / "breakdown").glob("round_breakdown_*_figx_tfs_seed0.json")
+    # Round 0 is not run again: its timer row is the old machine's, round 1 the resumed one.
+    assert [(r["round"], r.get("resumed", False))
+            for r in json.loads(table.read_text())["rounds"]] == [(0, False), (1, True)]
+    # A second unpack leaves a run that is already there alone.
+    assert handover.unpack(repo / "figx" / "inprogress", new) == []
 
 
 def test_write_results_never_overwrites_an_earlier_result(tmp_path):
