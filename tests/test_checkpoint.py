@@ -27,8 +27,8 @@ from gpjax.incremental.checkpoint import (
     CorruptCheckpointWarning,
     RoundCheckpointer,
     abstract_like,
-    with_defaults,
 )
+from gpjax.incremental.configjson import with_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 

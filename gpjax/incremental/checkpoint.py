@@ -49,7 +49,6 @@ import shutil
 import time
 import warnings
 import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gpjax._files import atomic_write_text
+from gpjax.incremental.configjson import config_diff, jsonable, with_defaults
 
 PyTree = Any
 
@@ -87,70 +87,6 @@ class CheckpointCorruptError(RuntimeError):
 
 class CorruptCheckpointWarning(RuntimeWarning):
     """Warned when a corrupt step is skipped and an older one is used."""
-
-
-# ----------------------------------------------------------------------------- JSON helpers
-
-
-def _jsonable(obj: Any, what: str) -> Any:
-    """``obj`` normalised through a JSON round trip (tuples become lists, keys strings)."""
-    try:
-        return json.loads(json.dumps(obj, sort_keys=True, allow_nan=True))
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {e}. "
-            f"Convert dataclasses with dataclasses.asdict and arrays with .tolist() first."
-        ) from e
-
-
-def _flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, Mapping) and d:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten_dict(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix or "<root>": d}
-
-
-def with_defaults(stored: Any, defaults: Any) -> Any:
-    """``stored`` with every key it lacks (at any depth) taken from ``defaults``.
-
-    A run config saved before a field existed holds no value for it; the run then behaved as
-    the field's default does, so a resume with the default value is the same run.
-
-    Args:
-      stored: a JSON config as saved.
-      defaults: a JSON config of the same layout holding every field's default.
-
-    Returns:
-      ``stored`` completed; keys already present, and keys ``defaults`` lacks, are kept as
-      they are.
-    """
-    if not (isinstance(stored, Mapping) and isinstance(defaults, Mapping)):
-        return stored
-    out = dict(stored)
-    for k, v in defaults.items():
-        out[k] = with_defaults(stored[k], v) if k in stored else v
-    return out
-
-
-def config_diff(old: Any, new: Any) -> list[str]:
-    """Human-readable differences between two JSON configs, one line per dotted key.
-
-    Args:
-      old: the stored config.
-      new: the config given now.
-
-    Returns:
-      Lines ``"key: old=... new=..."`` (``<absent>`` where a key exists on one side only).
-    """
-    a, b = _flatten_dict(old), _flatten_dict(new)
-    lines = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-        if va != vb:
-            lines.append(f"{k}: old={va!r} new={vb!r}")
-    return lines
 
 
 # ----------------------------------------------------------------------------- tree helpers
@@ -233,8 +169,8 @@ class RoundCheckpointer:
         if max_to_keep is not None and int(max_to_keep) < 1:
             raise ValueError(f"max_to_keep must be >= 1 (or None to keep all), got {max_to_keep}")
         self.directory = Path(directory).absolute()
-        self.config = _jsonable(config, "the run config")
-        self.defaults = _jsonable(defaults or {}, "the config defaults")
+        self.config = jsonable(config, "the run config")
+        self.defaults = jsonable(defaults or {}, "the config defaults")
         self.max_to_keep = max_to_keep
         self.checksums = checksums
         self._primary = jax.process_index() == 0
@@ -316,7 +252,7 @@ class RoundCheckpointer:
         step = int(step)
         if step < 0:
             raise ValueError(f"checkpoint steps must be >= 0, got {step}")
-        meta = _jsonable(meta, "checkpoint meta")
+        meta = jsonable(meta, "checkpoint meta")
         self._manager.wait_until_finished()
         existing = [s for s in self.steps() if s >= step]
         if existing:

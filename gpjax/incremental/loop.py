@@ -95,7 +95,7 @@ def check_results(directory: Path, config: dict, *, overwrite: bool = False,
       ResultsConflictError: the stored results name a different config (or cannot be read)
         and ``overwrite`` is False.
     """
-    from gpjax.incremental.checkpoint import config_diff, with_defaults
+    from gpjax.incremental.configjson import config_diff, with_defaults
     from gpjax.report import RESULTS_JSON
     path = directory / RESULTS_JSON
     if overwrite or not path.exists():
