@@ -25,7 +25,7 @@ from pathlib import Path
 
 CATEGORIES = ("train", "growth_gradients", "mask_update", "validation", "test", "checkpoint",
               "other")
-HEAD = ["policy", "seed", "wall min", "training", "growth gradients", "mask updates",
+HEAD = ["policy", "seed", "rounds", "wall min", "training", "growth gradients", "mask updates",
         "validation", "test curve", "checkpoints", "other", "compile s (inside)"]
 
 
@@ -34,30 +34,48 @@ def _seed(command: str) -> str:
     return m.group(1) if m else "?"
 
 
+def _span(rounds: list[int]) -> str:
+    """``[0, 1, 2]`` -> "0-2", ``[5]`` -> "5", ``[1, 3]`` -> "1, 3", ``[]`` -> "?"."""
+    r = sorted(set(rounds))
+    if not r:
+        return "?"
+    if r == list(range(r[0], r[-1] + 1)):
+        return f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0])
+    return ", ".join(map(str, r))
+
+
 def breakdown_table(directory: Path) -> str:
-    """Markdown: one line per breakdown file (policy, seed), then the minutes per seed."""
+    """Markdown: one line per breakdown file (policy, seed, the rounds it timed), then the
+    minutes per seed; a file that timed only some of the rounds is named beside its seed's
+    sum."""
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    per_seed: dict[str, float] = {}
     entries = []
     for p in sorted(directory.glob("*.json")):
         d = json.loads(p.read_text())
         seed = _seed(d.get("command", ""))
         for t in d["totals"]:
-            entries.append((t["policy"], seed, t))
-            per_seed[seed] = per_seed.get(seed, 0.0) + t["wall_s"]
+            rounds = [r["round"] for r in d.get("rounds", []) if r.get("policy") == t["policy"]]
+            entries.append((t["policy"], seed, t, rounds))
     if not entries:
         return ""
-    for policy, seed, t in sorted(entries, key=lambda e: (e[0], e[1])):
+    entries.sort(key=lambda e: (e[0], e[1]))
+    n_rounds = 1 + max((max(e[3]) for e in entries if e[3]), default=-1)
+    for policy, seed, t, rounds in entries:
         w = t["wall_s"]
-        cells = ([policy, seed, f"{w / 60:.1f}"] + [f"{100 * t[k] / w:.0f}%" for k in CATEGORIES]
-                 + [f"{t['compile_s']:.0f}"])
+        cells = ([policy, seed, _span(rounds), f"{w / 60:.1f}"]
+                 + [f"{100 * t[k] / w:.0f}%" for k in CATEGORIES] + [f"{t['compile_s']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     everyone = {e[0] for e in entries}
-    ran = {s: sorted({e[0] for e in entries if e[1] == s}) for s in per_seed}
-    totals = ", ".join(f"seed {s}: {m / 60:.1f} min"
-                       + ("" if set(ran[s]) == everyone else f" ({', '.join(ran[s])} only)")
-                       for s, m in sorted(per_seed.items()))
-    return "\n".join(lines) + f"\n\nAll policies together, per seed: {totals}.\n"
+    sums = []
+    for s in sorted({e[1] for e in entries}):
+        mine = [e for e in entries if e[1] == s]
+        minutes = sum(e[2]["wall_s"] for e in mine) / 60
+        notes = [f"rounds {_span(r)} of {p}" for p, _, _, r in mine
+                 if sorted(set(r)) != list(range(n_rounds))]
+        if {e[0] for e in mine} != everyone:
+            notes.insert(0, ", ".join(sorted({e[0] for e in mine})) + " only")
+        sums.append(f"seed {s}: {minutes:.1f} min" + (f" ({'; '.join(notes)})" if notes else ""))
+    return "\n".join(lines) + f"\n\nAll policies together, per seed: {', '.join(sums)}.\n"
 
 
 def paper_section(figure: str) -> str:

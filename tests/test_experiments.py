@@ -211,8 +211,9 @@ def test_parity_table_matches_probes_against_the_reference(tmp_path):
 
 def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
     """The page's wall-time table has one line per breakdown file (policy and seed from its
-    command), shares of the wall time per category, and the minutes summed per seed (naming
-    the policies of a seed that lacks some); the paper section is that figure's table alone."""
+    command, the rounds it timed), shares of the wall time per category, and the minutes summed
+    per seed (naming the policies of a seed that lacks some, and the files that timed only some
+    rounds); the paper section is that figure's table alone."""
     from experiments import protocol_page
 
     def totals(policy, wall, train):
@@ -220,15 +221,18 @@ def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
         return {"policy": policy, "round": None, "wall_s": wall, "compile_s": 3.0,
                 "train": train, **{k: rest for k in protocol_page.CATEGORIES[1:]}}
 
-    for policy, seed, wall in (("tfs", 0, 600.0), ("growprune", 0, 300.0), ("tfs", 1, 660.0)):
+    runs = (("tfs", 0, 600.0, [0, 1, 2, 3, 4, 5]), ("growprune", 0, 300.0, [5]),
+            ("tfs", 1, 660.0, [0, 2]))
+    for policy, seed, wall, rounds in runs:
         (tmp_path / f"{policy}{seed}.json").write_text(json.dumps({
             "command": f"python -m benchmarks.round_breakdown --policy {policy} --seed {seed}",
+            "rounds": [{"policy": policy, "round": r} for r in rounds],
             "totals": [totals(policy, wall, 0.9 * wall)]}))
     lines = protocol_page.breakdown_table(tmp_path).splitlines()
-    assert lines[2].startswith("| growprune | 0 | 5.0 | 90% | 2% |")
-    assert lines[3].startswith("| tfs | 0 | 10.0 | 90% |")
-    assert lines[4].startswith("| tfs | 1 | 11.0 |")
-    assert lines[-1] == ("All policies together, per seed: seed 0: 15.0 min, "
-                         "seed 1: 11.0 min (tfs only).")
+    assert lines[2].startswith("| growprune | 0 | 5 | 5.0 | 90% | 2% |")
+    assert lines[3].startswith("| tfs | 0 | 0-5 | 10.0 | 90% |")
+    assert lines[4].startswith("| tfs | 1 | 0, 2 | 11.0 |")
+    assert lines[-1] == ("All policies together, per seed: seed 0: 15.0 min (rounds 5 of "
+                         "growprune), seed 1: 11.0 min (tfs only; rounds 0, 2 of tfs).")
     fig13 = protocol_page.paper_section("FIG. 13")
     assert fig13.startswith("FIG. 13,") and "FIG. 12" not in fig13 and "FIG. 7" not in fig13
