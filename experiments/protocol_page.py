@@ -70,7 +70,7 @@ def breakdown_table(directory: Path) -> str:
     for s in sorted({e[1] for e in entries}):
         mine = [e for e in entries if e[1] == s]
         minutes = sum(e[2]["wall_s"] for e in mine) / 60
-        notes = [f"rounds {_span(r)} of {p}" for p, _, _, r in mine
+        notes = [f"{p}: rounds {_span(r)} only" for p, _, _, r in mine
                  if sorted(set(r)) != list(range(n_rounds))]
         if {e[0] for e in mine} != everyone:
             notes.insert(0, ", ".join(sorted({e[0] for e in mine})) + " only")

@@ -232,7 +232,7 @@ def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
     assert lines[2].startswith("| growprune | 0 | 5 | 5.0 | 90% | 2% |")
     assert lines[3].startswith("| tfs | 0 | 0-5 | 10.0 | 90% |")
     assert lines[4].startswith("| tfs | 1 | 0, 2 | 11.0 |")
-    assert lines[-1] == ("All policies together, per seed: seed 0: 15.0 min (rounds 5 of "
-                         "growprune), seed 1: 11.0 min (tfs only; rounds 0, 2 of tfs).")
+    assert lines[-1] == ("All policies together, per seed: seed 0: 15.0 min (growprune: rounds "
+                         "5 only), seed 1: 11.0 min (tfs only; tfs: rounds 0, 2 only).")
     fig13 = protocol_page.paper_section("FIG. 13")
     assert fig13.startswith("FIG. 13,") and "FIG. 12" not in fig13 and "FIG. 7" not in fig13
