@@ -8,7 +8,7 @@ into ``experiments/results/<figure>/inprogress/<policy>-seed<k>/``, small enough
 continues from that step. ``protocol_seed.sh`` unpacks by itself, and a finished run's folder
 is deleted from ``inprogress/`` when its results are committed.
 
-    python -m experiments.handover pack --work /tmp/gpjax-fig11 --figure fig11 nft-seed0
+    python -m experiments.handover --work /tmp/gpjax-fig11 --figure fig11 pack nft-seed0
     python -m experiments.handover unpack --work /tmp/gpjax-fig11 --figure fig11
 
 Rows of a handed-over run are those of a run resumed on another machine: every round is
