@@ -3,8 +3,8 @@
 # round timer (`benchmarks.round_breakdown`, which runs `gpjax run`'s loop unchanged and keeps
 # its output), from a detached git worktree of HEAD, so edits to the checkout cannot reach the
 # running code. Interrupted? Run the same command again: every policy resumes (--resume).
-# The session ending before a policy does? `python -m experiments.handover pack --work $WORK
-# --figure FIGURE <policy>-seed<k>` and commit experiments/results/FIGURE/inprogress/: the
+# The session ending before a policy does? `python -m experiments.handover --work $WORK
+# --figure FIGURE pack <policy>-seed<k>` and commit experiments/results/FIGURE/inprogress/: the
 # next machine's run of this command continues from there.
 #
 # usage: experiments/protocol_seed.sh CONFIG FIGURE SEED POLICY...
