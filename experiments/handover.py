@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="the protocol seed's WORK")
     ap.add_argument("--figure", required=True, help="experiments/results/<figure>")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options before, between or after the runs
     dest = args.results / args.figure / INPROGRESS
     if args.action == "pack":
         if not args.runs:

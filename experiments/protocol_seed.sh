@@ -24,6 +24,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/gpjax-$FIGURE}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 mkdir -p "$WORK"
+# The worktree is made once per WORK (so a resumed policy keeps its code): a new commit wants a
+# fresh WORK. `prune` forgets a worktree whose folder was deleted (rm -rf $WORK), which
+# `worktree add` would refuse to register again.
+git -C "$REPO" worktree prune
 [ -d "$WORK/wt" ] || git -C "$REPO" worktree add --detach "$WORK/wt" HEAD
 cd "$WORK/wt" || exit 1
 # A run handed over by an earlier machine (experiments/handover.py) continues from its step.

@@ -66,8 +66,9 @@ def test_handover_carries_a_killed_run_to_a_fresh_work_directory(tmp_path, monke
 
     old, new, repo = tmp_path / "old", tmp_path / "new", tmp_path / "results"
     argv = _killed_after_round_0(old, monkeypatch, suffix="_figx_tfs_seed0")
-    assert handover.main(["pack", "tfs-seed0", "--work", str(old), "--figure", "figx",
-                          "--results", str(repo)]) == 0
+    # Options between the action and the runs parse too (plain parse_args refuses this order).
+    assert handover.main(["pack", "--work", str(old), "--figure", "figx", "--results", str(repo),
+                          "tfs-seed0"]) == 0
     packed = repo / "figx" / "inprogress" / "tfs-seed0"
     steps = [p.name for p in (packed / "runs" / "tfs-seed0" / "checkpoints").iterdir()
              if p.is_dir()]
