@@ -315,7 +315,8 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated: " + ",".join(POLICY_NAMES))
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--rounds", type=_positive(int), default=None,
-                   help="run the first N rounds only")
+                   help="run the first N rounds only (with --resume, a run continues for "
+                        "more rounds: the old last round keeps its non-recoverable row)")
     r.add_argument("--seed", type=int, default=0, help="first seed (with --repeats)")
     r.add_argument("--repeats", type=_positive(int), default=1,
                    help="replicates: seeds seed..seed+N-1")

@@ -269,6 +269,23 @@ def test_resume_with_other_config_says_what_differs(runs, experiment):
             progress=False)
 
 
+def test_resume_continues_a_run_for_more_rounds(runs, experiment, tmp_path):
+    """``--rounds 1`` then ``--resume`` without it: the rows of an uninterrupted 3-round run
+    (round 0 keeps the non-recoverable model it derived as the old last round)."""
+    _, results = runs
+    cfg = dataclasses.replace(experiment.config, checkpoint_every=0, prune_checkpoint_every=0)
+    pol = make_policy("tfs", cfg.policies["tfs"])
+    first = run(dataclasses.replace(cfg, rounds=1), pol, 0, tmp_path, progress=False)
+    assert len(first) == 1 and first[0]["params_nonrecoverable"] is not None
+    rows = run(cfg, pol, 0, tmp_path, resume=True, progress=False)
+    want = _comparable(results["tfs"][0])
+    got = _comparable(rows)
+    nonrec = {k for k in got[0] if k.endswith("_nonrecoverable")}
+    assert [{k: v for k, v in r.items() if k not in nonrec} for r in got] == \
+        [{k: v for k, v in r.items() if k not in nonrec} for r in want]
+    assert got[1:] == want[1:] and got[0]["params_nonrecoverable"] is not None
+
+
 def _steps(ckpt: Path) -> list[int]:
     if not ckpt.exists():
         return []

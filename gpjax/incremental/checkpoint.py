@@ -49,6 +49,7 @@ import shutil
 import time
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gpjax._files import atomic_write_text
-from gpjax.incremental.configjson import config_diff, jsonable, with_defaults
+from gpjax.incremental.configjson import config_diff, jsonable, with_defaults, with_values_of
 
 PyTree = Any
 
@@ -153,6 +154,9 @@ class RoundCheckpointer:
       config: the run config as a JSON-able dict; compared with the one stored in ``directory``.
       defaults: the same layout with every field's default: a key the stored config lacks
         (a field added since it was saved) counts as holding its default (:func:`with_defaults`).
+      free: dotted keys of ``config`` that may differ from the stored config (the stored file
+        keeps its value): e.g. ``"experiment.rounds"``, so a run can be continued for more
+        rounds.
       max_to_keep: how many newest steps Orbax keeps (older ones are deleted after a save).
       async_save: let Orbax write in a background thread (``save`` still waits unless told not).
       checksums: store a CRC32 of every leaf and verify it on restore (catches silently damaged
@@ -165,12 +169,13 @@ class RoundCheckpointer:
 
     def __init__(self, directory: str | os.PathLike, *, config: dict, max_to_keep: int = 3,
                  async_save: bool = True, checksums: bool = True,
-                 defaults: dict | None = None) -> None:
+                 defaults: dict | None = None, free: Sequence[str] = ()) -> None:
         if max_to_keep is not None and int(max_to_keep) < 1:
             raise ValueError(f"max_to_keep must be >= 1 (or None to keep all), got {max_to_keep}")
         self.directory = Path(directory).absolute()
         self.config = jsonable(config, "the run config")
         self.defaults = jsonable(defaults or {}, "the config defaults")
+        self.free = tuple(free)
         self.max_to_keep = max_to_keep
         self.checksums = checksums
         self._primary = jax.process_index() == 0
@@ -201,7 +206,7 @@ class RoundCheckpointer:
             raise CheckpointMismatchError(
                 f"cannot read the stored run config {path}: {e}. Delete it only if you are sure "
                 f"the checkpoints in {self.directory} belong to this config.") from e
-        stored = with_defaults(stored, self.defaults)
+        stored = with_values_of(with_defaults(stored, self.defaults), self.config, self.free)
         if stored != self.config:
             if not any(p.is_dir() and p.name.isdigit() for p in self.directory.iterdir()):
                 # Config written by a run killed before its first complete step: nothing to

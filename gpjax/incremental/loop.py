@@ -153,10 +153,12 @@ class _Run:
                                   "(--resume) to continue that run, or choose another --out")
         if not has_ckpt:  # with checkpoints, their own config guard names what differs
             check_results(out, self.run_config, overwrite=overwrite, defaults=defaults)
+        # A run continued for more (or fewer) rounds is the same run: rounds only truncate.
+        guard = {"defaults": defaults, "free": ("experiment.rounds",)}
         self.ckpt = RoundCheckpointer(ckpt_dir, config=self.run_config, max_to_keep=max_to_keep,
-                                      async_save=False, defaults=defaults)
+                                      async_save=False, **guard)
         self.models = RoundCheckpointer(out / MODELS_DIR, config=self.run_config,
-                                        max_to_keep=None, async_save=False, defaults=defaults)
+                                        max_to_keep=None, async_save=False, **guard)
         self.step = 0
         self.rows: list[dict] = []
 
