@@ -58,7 +58,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gpjax._files import atomic_write_text
-from gpjax.incremental.configjson import config_diff, jsonable, with_defaults, with_values_of
+from gpjax.incremental.configjson import config_diff, flatten_dict, jsonable, with_defaults
 
 PyTree = Any
 
@@ -206,8 +206,8 @@ class RoundCheckpointer:
             raise CheckpointMismatchError(
                 f"cannot read the stored run config {path}: {e}. Delete it only if you are sure "
                 f"the checkpoints in {self.directory} belong to this config.") from e
-        stored = with_values_of(with_defaults(stored, self.defaults), self.config, self.free)
-        if stored != self.config:
+        stored = with_defaults(stored, self.defaults)
+        if self._fixed(stored) != self._fixed(self.config):
             if not any(p.is_dir() and p.name.isdigit() for p in self.directory.iterdir()):
                 # Config written by a run killed before its first complete step: nothing to
                 # protect, the new config takes over.
@@ -218,6 +218,10 @@ class RoundCheckpointer:
                 f"{self.directory} holds checkpoints of a different run config; differing keys "
                 f"(old vs new):\n  " + "\n  ".join(lines) +
                 "\nUse a fresh output directory for the new config, or rerun with the old one.")
+
+    def _fixed(self, config: dict) -> dict:
+        """``config`` as dotted keys, less the ``free`` ones: what must match."""
+        return {k: v for k, v in flatten_dict(config).items() if k not in self.free}
 
     def _write_config(self) -> None:
         if self._primary and not self.config_path.exists():

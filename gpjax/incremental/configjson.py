@@ -8,10 +8,10 @@ now through these.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["config_diff", "jsonable", "with_defaults", "with_values_of"]
+__all__ = ["config_diff", "flatten_dict", "jsonable", "with_defaults"]
 
 
 
@@ -54,33 +54,6 @@ def with_defaults(stored: Any, defaults: Any) -> Any:
     out = dict(stored)
     for k, v in defaults.items():
         out[k] = with_defaults(stored[k], v) if k in stored else v
-    return out
-
-
-def with_values_of(stored: Any, new: Any, keys: Sequence[str]) -> Any:
-    """``stored`` with each dotted key of ``keys`` set to its value in ``new`` (where ``new``
-    has it): the keys a guard lets differ.
-
-    Args:
-      stored: a JSON config as saved.
-      new: the config given now.
-      keys: dotted keys (``"experiment.rounds"``).
-
-    Returns:
-      A copy of ``stored``; ``stored`` itself is not changed.
-    """
-    out = json.loads(json.dumps(stored))
-    for key in keys:
-        *path, last = key.split(".")
-        src, dst = new, out
-        for k in path:
-            if not (isinstance(src, Mapping) and isinstance(dst, Mapping) and k in src
-                    and k in dst):
-                break
-            src, dst = src[k], dst[k]
-        else:
-            if isinstance(src, Mapping) and isinstance(dst, Mapping) and last in src:
-                dst[last] = src[last]
     return out
 
 
