@@ -360,6 +360,41 @@ def test_matched_size_markdown_section():
     plt.close("all")
 
 
+def test_two_configs_are_separate_series_never_averaged():
+    """Rows of two configs (an H-LSTM and an LSTM run, say) are one series per (policy,
+    config): means never mix them, pairs stay within a config, labels name the config."""
+    a = _curve_rows()
+    b = [{**r, "config": "lenet300_wide", "test_error": r["test_error"] + 1.0,
+          "prune_curve": [{**c, "test_error": c["test_error"] + 1.0} for c in r["prune_curve"]]}
+         for r in a if r["policy"] == "growprune" or r["round"] == 0]
+    rows = a + b
+    summ = {(s["policy"], s["round"]): s for s in report.summarise(rows)}
+    assert summ[("growprune @ lenet300_mnist", 1)]["test_error_mean"] == pytest.approx(1.85)
+    assert summ[("growprune @ lenet300_wide", 1)]["test_error_mean"] == pytest.approx(2.85)
+    assert ("tfs @ lenet300_wide", 1) not in summ and ("growprune", 1) not in summ
+    assert report.label_variants(a) == a                      # one config: unchanged
+    assert report.label_variants(report.label_variants(rows)) == report.label_variants(rows)
+    assert report.policy_label("gp @ x") == "Ours (GrowPrune) @ x"
+    assert report.base_policy("NeST @ x") == "nest" and report.policy_key("Ours @ x") == \
+        "growprune @ x"
+    text = report.markdown_table(rows)
+    header = _table_lines(text, "| round")[0]
+    # config-major order: each config's policies in paper order
+    assert header[2:6] == [f"error % {p} @ lenet300_{c}" for c in ("mnist", "wide")
+                           for p in ("TFS", "Ours (GrowPrune)")]
+    # one pair table per config's GrowPrune, pairing it with that config's TFS only
+    mnist = _table_lines(text, "### Ours (GrowPrune) @ lenet300_mnist vs each baseline")
+    wide = _table_lines(text, "### Ours (GrowPrune) @ lenet300_wide vs each baseline")
+    assert [r[2] for r in mnist[2:]] == ["TFS @ lenet300_mnist"] * 2
+    assert [r[:3] for r in wide[2:]] == [["0", "10%", "TFS @ lenet300_wide"]]
+    assert wide[2][4:6] == ["3.23 ± 0.13", "3.35 ± 0.15"]     # the first config's + 1 point
+    fig = report.curve_figure(rows)
+    labels = [ln.get_label() for ln in fig.axes[0].lines if not ln.get_label().startswith("_")]
+    assert labels[:3] == ["TFS @ lenet300_mnist", "Ours (GrowPrune) @ lenet300_mnist",
+                          "Ours (GrowPrune) @ lenet300_wide"]
+    plt.close("all")
+
+
 def test_curve_plot(tmp_path):
     rows = _curve_rows()
     fig = report.curve_figure(rows)

@@ -22,7 +22,9 @@ the patent's FIG. 10 followed by FIG. 7's :func:`recoverability_table` (the last
 recoverable vs non-recoverable models) and, for rows with curves, :func:`matched_size_tables`
 (errors at the paper's size and at matched sizes of each pair of policies),
 :func:`plot_rows` draws error, parameters and cost versus round and :func:`curve_figure` the
-last round's error-versus-size curves. FIG. 5's :func:`pixel_connection_heatmap` /
+last round's error-versus-size curves. Rows of several configs are one series per (policy,
+config), named ``"<policy> @ <config>"`` (:func:`label_variants`), so a report of an H-LSTM and
+an LSTM run compares them instead of averaging them. FIG. 5's :func:`pixel_connection_heatmap` /
 :func:`pixel_connection_heatmaps` live in :mod:`gpjax.heatmaps` and are importable from here.
 Files are written atomically with the umask's mode (:mod:`gpjax._files`).
 
@@ -50,8 +52,11 @@ from gpjax.report.rows import (
     POLICY_ORDER,
     RESULTS_CSV,
     RESULTS_JSON,
+    VARIANT_SEP,
     Row,
+    base_policy,
     columns,
+    label_variants,
     load_rows,
     ordered_policies,
     policy_key,
@@ -68,10 +73,9 @@ from gpjax.report.tables import (
 
 __all__ = [
     "COLUMNS", "FORMAT", "FORMAT_VERSION", "ID_KEYS", "METRIC_FORMATS", "POLICY_NAMES",
-    "POLICY_ORDER", "RESULTS_CSV", "RESULTS_JSON", "Row", "build_figures", "columns",
-    "curve_figure", "load_rows", "markdown_table", "matched_size_tables", "numeric_metrics",
-    "recoverability_table",
-    "ordered_policies", "pixel_connection_counts", "pixel_connection_heatmap",
-    "pixel_connection_heatmaps", "plot_rows", "policy_key", "policy_label", "summarise",
-    "write_rows",
+    "POLICY_ORDER", "RESULTS_CSV", "RESULTS_JSON", "Row", "VARIANT_SEP", "base_policy",
+    "build_figures", "columns", "curve_figure", "label_variants", "load_rows", "markdown_table",
+    "matched_size_tables", "numeric_metrics", "recoverability_table", "ordered_policies",
+    "pixel_connection_counts", "pixel_connection_heatmap", "pixel_connection_heatmaps",
+    "plot_rows", "policy_key", "policy_label", "summarise", "write_rows",
 ]

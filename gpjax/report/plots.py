@@ -12,7 +12,7 @@ import numpy as np
 from gpjax import matched
 from gpjax._files import pyplot, save_figure
 from gpjax.paper import paper_table, paper_value
-from gpjax.report.rows import Row, _policy_sort, ordered_policies, policy_label
+from gpjax.report.rows import Row, _policy_sort, label_variants, ordered_policies, policy_label
 from gpjax.report.tables import _data_label, summarise
 
 # ----------------------------------------------------------------------------- plots
@@ -46,6 +46,7 @@ def build_figures(rows: Sequence[Row]) -> dict[str, Any]:
     """
     if not rows:
         raise ValueError("build_figures needs at least one result row")
+    rows = label_variants(rows)
     plt = pyplot()
     summary = summarise(rows)
     pols = ordered_policies(rows)
@@ -120,6 +121,7 @@ def curve_figure(rows: Sequence[Row], metric: str = "test_error") -> Any | None:
       The figure, or None when no row has a curve. ``ax.lines`` are the curves (x: active
       parameters, y: error in percent) in policy then seed order.
     """
+    rows = label_variants(rows)
     with_curve = [r for r in rows if matched.prune_curve(r) is not None]
     if not with_curve:
         return None

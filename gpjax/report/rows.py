@@ -50,25 +50,59 @@ METRIC_FORMATS: dict[str, tuple[str, float, int]] = {
 
 Row = dict[str, Any]
 
+#: Joins a policy and the config it ran under when a report holds several configs
+#: (:func:`label_variants`): ``"growprune @ ds2_lstm_synthetic_cpu"``.
+VARIANT_SEP = " @ "
+
 
 # ----------------------------------------------------------------------------- policies
 
 
-def policy_key(name: str) -> str:
-    """Canonical lower-case key of a policy name (``"NeST"`` -> ``"nest"``, ``"Ours"`` ->
-    ``"growprune"``); unknown names are lower-cased."""
-    k = re.sub(r"[^a-z0-9]", "", str(name).lower())
+def _split_variant(name: str) -> tuple[str, str]:
+    base, _, variant = str(name).partition(VARIANT_SEP)
+    return base, variant
+
+
+def base_policy(name: str) -> str:
+    """Canonical key of a policy name without its variant (``"NeST @ cfg"`` -> ``"nest"``)."""
+    k = re.sub(r"[^a-z0-9]", "", _split_variant(name)[0].lower())
     return _POLICY_ALIASES.get(k, k)
 
 
+def policy_key(name: str) -> str:
+    """Canonical lower-case key of a policy name (``"NeST"`` -> ``"nest"``, ``"Ours"`` ->
+    ``"growprune"``; ``"Ours @ cfg"`` -> ``"growprune @ cfg"``); unknown names are lower-cased."""
+    variant = _split_variant(name)[1]
+    return base_policy(name) + (VARIANT_SEP + variant if variant else "")
+
+
 def policy_label(name: str) -> str:
-    """Display name of a policy (``"growprune"`` -> ``"Ours (GrowPrune)"``)."""
-    return POLICY_NAMES.get(policy_key(name), str(name))
+    """Display name of a policy (``"growprune"`` -> ``"Ours (GrowPrune)"``, ``"growprune @
+    cfg"`` -> ``"Ours (GrowPrune) @ cfg"``)."""
+    base, variant = _split_variant(name)
+    label = POLICY_NAMES.get(base_policy(base), base)
+    return label + (VARIANT_SEP + variant if variant else "")
 
 
-def _policy_sort(name: str) -> tuple[int, str]:
-    k = policy_key(name)
-    return (POLICY_ORDER.index(k), k) if k in POLICY_ORDER else (len(POLICY_ORDER), k)
+def _policy_sort(name: str) -> tuple[str, int, str]:
+    k, variant = base_policy(name), _split_variant(name)[1]
+    return (variant, POLICY_ORDER.index(k) if k in POLICY_ORDER else len(POLICY_ORDER), k)
+
+
+def label_variants(rows: Iterable[Row]) -> list[Row]:
+    """Rows of several configs as one series per (policy, config).
+
+    Rows of one config are returned as they are. When ``rows`` hold more than one ``config``
+    (say an H-LSTM and an LSTM run of the same policies), each row's ``policy`` becomes
+    ``"<policy> @ <config>"`` (copies; rows already so named are kept), so that summaries,
+    tables and plots never average runs of different configs as if they were seeds, and
+    matched sizes pair policies of the same config only. Idempotent.
+    """
+    rows = list(rows)
+    if len({r.get("config") for r in rows}) < 2:
+        return rows
+    return [r if VARIANT_SEP in str(r["policy"]) else
+            {**r, "policy": f"{r['policy']}{VARIANT_SEP}{r.get('config')}"} for r in rows]
 
 
 def ordered_policies(rows: Iterable[Row]) -> list[str]:

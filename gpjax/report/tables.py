@@ -18,6 +18,9 @@ from gpjax.report.rows import (
     Row,
     _check_rows,
     _policy_sort,
+    _split_variant,
+    base_policy,
+    label_variants,
     ordered_policies,
     policy_key,
     policy_label,
@@ -56,9 +59,11 @@ def summarise(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> list
       One dict per (policy, round), ordered by policy (TFS, NFT, NeST, Merged, Ours, others)
       then round: ``{"policy", "round", "n", "seeds", "<m>_mean", "<m>_se", ...}``. ``n`` is the
       number of seeds; ``<m>_se`` is ``std(ddof=1) / sqrt(k)`` over the ``k`` seeds with a value,
-      None when ``k < 2``; missing/None/NaN values are left out.
+      None when ``k < 2``; missing/None/NaN values are left out. Rows of several configs are
+      summarised per (policy, config) (:func:`~gpjax.report.rows.label_variants`).
     """
     _check_rows(rows)
+    rows = label_variants(rows)
     metrics = list(metrics) if metrics is not None else numeric_metrics(rows)
     groups: dict[tuple[str, Any], list[Row]] = {}
     for r in rows:
@@ -119,6 +124,7 @@ def markdown_table(rows: Sequence[Row],
     """
     if not rows:
         raise ValueError("markdown_table needs at least one result row")
+    rows = label_variants(rows)
     summary = summarise(rows, metrics=list(metrics) + ["data_fraction"])
     pols = list(policies) if policies is not None else ordered_policies(rows)
     known = {policy_key(p): p for p in ordered_policies(rows)}
@@ -198,6 +204,7 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
     Returns:
       The Markdown section, or ``""`` when no row has a curve.
     """
+    rows = label_variants(rows)
     at_paper = matched.paper_size_rows(rows, metric)
     if not at_paper:
         return ""
@@ -218,7 +225,7 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
         table = next(paper_table(r.get("config")) for r in rows
                      if matched.prune_curve(r) is not None and paper_table(r.get("config")))
         summary, counts = _summary_index(at_paper, ["error_at_paper_size"])
-        paper_pols = [p for p in pols if policy_key(p) in table.error]
+        paper_pols = [b for b in dict.fromkeys(base_policy(p) for p in pols) if b in table.error]
         header = (["round", "data", "paper size (K)"]
                   + [f"paper {policy_label(p)}" for p in paper_pols]
                   + [policy_label(p) for p in pols])
@@ -234,14 +241,24 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
             line = [str(rnd), _data_label(fractions.get(rnd, [])),
                     "—" if size is None else f"{size / 1e3:.1f}"]
             for p in paper_pols:
-                v = paper_value(table, "error", policy_key(p), frac)
+                v = paper_value(table, "error", p, frac)
                 line.append("—" if v is None else f"{v:.2f}")
             for p in pols:
                 line.append(_matched_cell(summary, counts, (p, rnd), "error_at_paper_size"))
             out.append("| " + " | ".join(line) + " |")
         out.append("")
-    reference = next((p for p in pols if policy_key(p) == "growprune"), None)
-    pairs = matched.pair_rows(rows, reference, metric) if reference is not None else []
+    for reference in (p for p in pols if base_policy(p) == "growprune"):
+        out += _pair_section(rows, reference, metric, fractions)
+    return "\n".join(out)
+
+
+def _pair_section(rows: Sequence[Row], reference: str, metric: str,
+                  fractions: Mapping[Any, list]) -> list[str]:
+    """Lines of the table pairing ``reference`` with each baseline of its own config."""
+    variant = _split_variant(reference)[1]
+    rows = [r for r in rows if _split_variant(r["policy"])[1] == variant]
+    pairs = matched.pair_rows(rows, reference, metric)
+    out: list[str] = []
     if pairs:
         metrics = ["budget", "error", "error_reference"]
         summary, counts = _summary_index(pairs, metrics)
@@ -260,9 +277,7 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
             out.append(f"| {rnd} | {_data_label(fractions.get(rnd, []))} | {policy_label(p)} | "
                        f"{size} | {cells[0]} | {cells[1]} | {s['n']} |")
         out.append("")
-    return "\n".join(out)
-
-
+    return out
 
 
 def recoverability_table(rows: Sequence[Row], *, policies: Sequence[str] | None = None) -> str:
@@ -275,6 +290,7 @@ def recoverability_table(rows: Sequence[Row], *, policies: Sequence[str] | None 
     Returns:
       The Markdown section, or ``""`` when the last round has no non-recoverable model.
     """
+    rows = label_variants(rows)
     last = max(r["round"] for r in rows)
     final = [r for r in rows if r["round"] == last and _is_number(r.get("params_nonrecoverable"))]
     if not final:
