@@ -236,3 +236,24 @@ def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
                          "5 only), seed 1: 11.0 min (tfs only; tfs: rounds 0, 2 only).")
     fig13 = protocol_page.paper_section("FIG. 13")
     assert fig13.startswith("FIG. 13,") and "FIG. 12" not in fig13 and "FIG. 7" not in fig13
+
+
+def test_pruning_tail_bound_on_made_up_rows():
+    from experiments.pruning_tail import seed_summary, tail_start
+
+    curve = [{"active": a, "test_error": e} for a, e in
+             [(1000, 2.0), (900, 1.5), (895, 1.4), (894, 1.3), (893, 1.2)]]
+    assert tail_start(curve, 0.01) == 2  # 900 -> 895 removes 0.56%
+    assert tail_start(curve[:2], 0.01) is None
+    rows = [{"round": 0, "prune_curve": curve, "test_error": 1.2, "params_recoverable": 893},
+            {"round": 1, "prune_curve": curve[:2], "test_error": 1.5,
+             "params_recoverable": 900}]
+    timer = {0: {"wall_s": 100.0, "validation": 10.0, "test": 10.0},
+             1: {"wall_s": 50.0, "validation": 5.0, "test": 5.0}}
+    s = seed_summary(rows, timer, 0.01)
+    assert s["tail_iterations"] == [2, 0]
+    assert math.isclose(s["saved_s"], 20.0 * 2 / 5)  # 2 of round 0's 5 evaluations
+    assert math.isclose(s["eval_share"], 30.0 / 150.0)
+    assert math.isclose(s["eval_share_with_rule"], (30.0 - 8.0) / (150.0 - 8.0))
+    assert s["size_ratio"] == [895 / 893]
+    assert s["last_round_stop"] is None and s["last_round_final"] == (900, 1.5)
