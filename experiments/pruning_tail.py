@@ -59,7 +59,7 @@ def seed_summary(rows: list[dict[str, Any]], timer: dict[int, dict[str, float]],
                  fraction: float) -> dict[str, Any]:
     """The tail bound of one seed's rows (one per round) and its round timer."""
     wall = evals = saved = 0.0
-    tails, stop_errors, stop_active = [], [], []
+    tails, size_ratio, stop = [], [], None
     for row in sorted(rows, key=lambda r: r["round"]):
         t = timer[int(row["round"])]
         curve = row["prune_curve"] or []
@@ -67,25 +67,21 @@ def seed_summary(rows: list[dict[str, Any]], timer: dict[int, dict[str, float]],
         wall += t["wall_s"]
         evals += eval_s
         start = tail_start(curve, fraction)
-        if start is None:
+        stop = None if start is None else (curve[start]["active"], curve[start]["test_error"])
+        if stop is None:
             tails.append(0)
             continue
         skipped = len(curve) - 1 - start
         tails.append(skipped)
         saved += eval_s * skipped / len(curve)
-        stop_errors.append((curve[start]["test_error"], row["test_error"]))
-        stop_active.append((curve[start]["active"], row["params_recoverable"]))
-    last = sorted(rows, key=lambda r: r["round"])[-1]
-    last_curve = last["prune_curve"] or []
-    s = tail_start(last_curve, fraction)
+        size_ratio.append(stop[0] / row["params_recoverable"])
     return {
         "tail_iterations": tails,
         "wall_s": wall, "eval_share": evals / wall,
         "saved_s": saved, "eval_share_with_rule": (evals - saved) / (wall - saved),
-        "last_round_stop": None if s is None else (last_curve[s]["active"],
-                                                    last_curve[s]["test_error"]),
-        "last_round_final": (last["params_recoverable"], last["test_error"]),
-        "size_ratio": [a / b for a, b in stop_active],
+        "last_round_stop": stop,
+        "last_round_final": (row["params_recoverable"], row["test_error"]),
+        "size_ratio": size_ratio,
     }
 
 
@@ -116,6 +112,7 @@ def _table_row(seed: int, s: dict[str, Any]) -> str:
             f"{100 * s['eval_share']:.1f}% | {s['saved_s']:.0f} | "
             f"{100 * s['eval_share_with_rule']:.1f}% | "
             f"{start} -> {final[0]} / {final[1]:.2f} | {sizes} |")
+
 
 if __name__ == "__main__":
     sys.exit(main())
