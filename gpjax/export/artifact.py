@@ -80,6 +80,8 @@ def load(directory=pathlib.Path(__file__).parent):
     """Returns predict(x) -> logits for x of shape [B, *manifest input shape[1:]]."""
     d = pathlib.Path(directory)
     exported = jax.export.deserialize(bytearray((d / "model.jax").read_bytes()))
+    if "cpu_csr_sparse_dense_ffi" in exported.mlir_module():  # a CSR product (CPU)
+        from jax.experimental import sparse  # noqa: F401  registers jaxlib's sparse kernels
     with np.load(d / "weights.npz") as z:
         weights = [z[f"w{i}"] for i in range(len(z.files))]
     # Weights as constants of the call (compiled once per input shape): x is its only argument.
