@@ -80,7 +80,7 @@ def load(directory=pathlib.Path(__file__).parent):
     """Returns predict(x) -> logits for x of shape [B, *manifest input shape[1:]]."""
     d = pathlib.Path(directory)
     exported = jax.export.deserialize(bytearray((d / "model.jax").read_bytes()))
-    if "cpu_csr_sparse_dense_ffi" in exported.mlir_module():  # a CSR product (CPU)
+    if any(t in exported.mlir_module() for t in @CSR_CUSTOM_CALLS@):  # a CSR product (CPU)
         from jax.experimental import sparse  # noqa: F401  registers jaxlib's sparse kernels
     with np.load(d / "weights.npz") as z:
         weights = [z[f"w{i}"] for i in range(len(z.files))]
@@ -93,7 +93,7 @@ if __name__ == "__main__":
     m = json.loads((pathlib.Path(__file__).parent / "manifest.json").read_text())
     x = np.zeros([2, *m["input"]["shape"][1:]], m["input"]["dtype"])
     print(np.asarray(load()(x)).shape)
-'''
+'''.replace("@CSR_CUSTOM_CALLS@", repr(CSR_CUSTOM_CALLS))
 
 
 def time_calls(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
