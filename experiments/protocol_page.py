@@ -12,15 +12,21 @@ and seed: minutes and the share of each category, summed over the rounds), the `
 tables of ``runs/`` and the paper's figure (:mod:`gpjax.paper`)::
 
     python -m experiments.protocol_page experiments/results/fig10 --figure "FIG. 10"
+
+``--compare PATH...`` adds other results (run folders of another protocol directory) to the
+report, which then names each series by its config (``gpjax report``'s variants): an LSTM
+directory read beside the H-LSTM runs it is compared with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 CATEGORIES = ("train", "growth_gradients", "mask_update", "validation", "test", "checkpoint",
@@ -89,17 +95,19 @@ def paper_section(figure: str) -> str:
     return tables[start:end].strip() + "\n"
 
 
-def page(directory: Path, figure: str) -> str:
-    """The page's markdown."""
-    report = subprocess.run([sys.executable, "-m", "gpjax", "report", str(directory / "runs")],
+def page(directory: Path, figure: str, compare: Sequence[Path] = ()) -> str:
+    """The page's markdown (``compare``: more results paths for the report)."""
+    paths = [directory / "runs", *compare]
+    report = subprocess.run([sys.executable, "-m", "gpjax", "report", *map(str, paths)],
                             capture_output=True, text=True, check=True).stdout
+    named = " ".join(["runs"] + [os.path.relpath(c, directory) for c in compare])
     parts = [(directory / "intro.md").read_text().rstrip() + "\n"]
     table = breakdown_table(directory / "breakdown")
     if table:
         parts.append("## Where the wall time went (sums over the rounds)\n\n" + table)
     if (directory / "shows.md").exists():
         parts.append((directory / "shows.md").read_text().rstrip() + "\n")
-    parts.append("## The report (`gpjax report runs`)\n\n" + report.rstrip() + "\n")
+    parts.append(f"## The report (`gpjax report {named}`)\n\n" + report.rstrip() + "\n")
     parts.append(f"## The paper's {figure} (`gpjax.paper`; columns TFS / NFT / NeST / Ours)\n\n"
                  + paper_section(figure))
     return "\n".join(parts)
@@ -109,12 +117,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("directory", type=Path)
     ap.add_argument("--figure", required=True, help='the paper table, e.g. "FIG. 10"')
+    ap.add_argument("--compare", nargs="+", type=Path, default=[], metavar="PATH",
+                    help="other results the report reads beside runs/")
     args = ap.parse_args(argv)
     missing = [n for n in ("intro.md", "runs") if not (args.directory / n).exists()]
     if missing:
         ap.error(f"{args.directory} has no {', '.join(missing)}: a protocol directory holds "
                  "intro.md and runs/ (see this module's docstring)")
-    (args.directory / "README.md").write_text(page(args.directory, args.figure))
+    absent = [str(c) for c in args.compare if not c.exists()]
+    if absent:
+        ap.error(f"--compare: no such results path {', '.join(absent)}")
+    (args.directory / "README.md").write_text(page(args.directory, args.figure, args.compare))
 
 
 if __name__ == "__main__":

@@ -238,6 +238,34 @@ def test_protocol_page_tables_breakdowns_per_policy_and_seed(tmp_path):
     assert fig13.startswith("FIG. 13,") and "FIG. 12" not in fig13 and "FIG. 7" not in fig13
 
 
+def test_protocol_page_compares_another_configs_runs(tmp_path):
+    """``--compare`` puts other results in the page's report, one series per config, with the
+    table pairing a policy run under both configs; a missing path stops before writing."""
+    from experiments import protocol_page
+    from gpjax.report import write_rows
+
+    def row(config, seed, curve):
+        return {"policy": "growprune", "seed": seed, "round": 0, "data_fraction": 1.0,
+                "config": config, "test_error": curve[-1][1], "epochs": 10.0,
+                "params_recoverable": curve[-1][0],
+                "prune_curve": [{"active": a, "test_error": e} for a, e in curve]}
+
+    here, other = tmp_path / "h", tmp_path / "l"
+    (here / "intro.md").parent.mkdir()
+    (here / "intro.md").write_text("# H-LSTM against LSTM\n")
+    write_rows([row("hlstm", 0, [(200e3, 9.0), (100e3, 10.0)])], here / "runs" / "growprune-seed0")
+    write_rows([row("lstm", 0, [(300e3, 12.0), (150e3, 13.0)])], other / "growprune-seed0")
+    with pytest.raises(SystemExit):
+        protocol_page.main([str(here), "--figure", "FIG. 13", "--compare", str(tmp_path / "x")])
+    assert not (here / "README.md").exists()
+    protocol_page.main([str(here), "--figure", "FIG. 13", "--compare", str(other)])
+    text = (here / "README.md").read_text()
+    assert "## The report (`gpjax report runs ../l`)" in text
+    assert "Ours (GrowPrune) @ hlstm vs the other configs" in text
+    # the budget is the larger final size (150K): the H-LSTM's 200K is too big, so its 100K
+    assert "| 0 | 100% | Ours (GrowPrune) @ lstm | 150.0 | 13.00 | 10.00 | 1 |" in text
+
+
 def test_pruning_tail_bound_on_made_up_rows():
     from experiments.pruning_tail import seed_summary, tail_start
 

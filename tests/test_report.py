@@ -144,6 +144,10 @@ def test_write_and_load_round_trip(tmp_path, rows):
     assert len(report.load_rows([tmp_path / "runs"])) == 2
     with pytest.warns(UserWarning, match="duplicate result row"):
         assert len(report.load_rows([tmp_path / "runs" / "a", jp])) == len(rows)
+    # the same policy, seed and round under another config is another series, not a duplicate
+    report.write_rows([{**rows[0], "config": "other"}], tmp_path / "other")
+    both = report.load_rows([tmp_path / "runs" / "a", tmp_path / "other"])
+    assert [r.get("config") for r in both] == [rows[0].get("config"), "other"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no results.json"):
         report.load_rows([tmp_path / "empty"])
@@ -388,6 +392,16 @@ def test_two_configs_are_separate_series_never_averaged():
     assert [r[2] for r in mnist[2:]] == ["TFS @ lenet300_mnist"] * 2
     assert [r[:3] for r in wide[2:]] == [["0", "10%", "TFS @ lenet300_wide"]]
     assert wide[2][4:6] == ["3.23 ± 0.13", "3.35 ± 0.15"]     # the first config's + 1 point
+    # and per policy run under both configs, the first config against the other, per seed
+    cells = _table_lines(text, "### Ours (GrowPrune) @ lenet300_mnist vs the other configs")
+    assert cells[0] == ["round", "data", "config", "size (K)", "config",
+                        "Ours (GrowPrune) @ lenet300_mnist", "seeds"]
+    # round 0: same sizes, so budgets 13.0K and 12.0K; errors 2.4, 2.5 and each + 1
+    assert cells[2] == ["0", "10%", "Ours (GrowPrune) @ lenet300_wide", "12.5 ± 0.5",
+                        "3.45 ± 0.05", "2.45 ± 0.05", "2"]
+    assert [r[0] for r in cells[2:]] == ["0", "1"]
+    tfs = _table_lines(text, "### TFS @ lenet300_mnist vs the other configs")
+    assert [r[:3] for r in tfs[2:]] == [["0", "10%", "TFS @ lenet300_wide"]]
     fig = report.curve_figure(rows)
     labels = [ln.get_label() for ln in fig.axes[0].lines if not ln.get_label().startswith("_")]
     assert labels[:3] == ["TFS @ lenet300_mnist", "Ours (GrowPrune) @ lenet300_mnist",

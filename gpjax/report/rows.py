@@ -224,7 +224,7 @@ def load_rows(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
 
     Returns:
       The rows of every readable file (empty when none was). Where the same (policy, seed,
-      round) appears twice, the later file wins, with a warning.
+      round, config) appears twice, the later file wins, with a warning.
 
     Raises:
       FileNotFoundError: a path does not exist or a directory holds no results.
@@ -260,11 +260,12 @@ def load_rows(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
                 raise ValueError(f"cannot read results file {f}: {reason}") from e
             print(f"gpjax: skipped {f}: {reason}", file=sys.stderr, flush=True)
             continue
-        for r in rows:
-            ident = (str(r["policy"]), r["seed"], r["round"])
+        for r in rows:  # runs of two configs are two series (label_variants), not duplicates
+            ident = (str(r["policy"]), r["seed"], r["round"], r.get("config"))
             if ident in by_id:
                 warnings.warn(f"duplicate result row policy={ident[0]} seed={ident[1]} "
-                              f"round={ident[2]}; keeping the one from {f}", stacklevel=2)
+                              f"round={ident[2]} config={ident[3]}; keeping the one from {f}",
+                              stacklevel=2)
             by_id[ident] = dict(r)
     return list(by_id.values())
 

@@ -188,13 +188,15 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
                         metric: str = "test_error") -> str:
     """Markdown: each policy's error at matched sizes, per round (rows with ``prune_curve``).
 
-    Two tables (:mod:`gpjax.matched` has the read-off rule: the largest model of the round's
+    Tables (:mod:`gpjax.matched` has the read-off rule: the largest model of the round's
     recoverable-pruning curve at or under the size, never interpolated or extrapolated):
 
     * at the paper's size of the round (its "Ours" parameter count, :mod:`gpjax.paper`, for
       configs with a paper table), beside the paper's own errors of each policy present;
-    * per pair Ours (GrowPrune) vs each baseline, at the larger of the two final sizes (per
-      seed; the smallest size both curves reach).
+    * per pair Ours (GrowPrune) vs each baseline of its config, at the larger of the two final
+      sizes (per seed; the smallest size both curves reach);
+    * when rows hold several configs, per policy run under more than one: its first config
+      (in :func:`~gpjax.report.rows.ordered_policies`' order) vs each other, the same way.
 
     Args:
       rows: result rows; those without ``prune_curve`` (older results) are left out.
@@ -248,26 +250,34 @@ def matched_size_tables(rows: Sequence[Row], *, policies: Sequence[str] | None =
             out.append("| " + " | ".join(line) + " |")
         out.append("")
     for reference in (p for p in pols if base_policy(p) == "growprune"):
-        out += _pair_section(rows, reference, metric, fractions)
+        variant = _split_variant(reference)[1]
+        out += _pair_section([r for r in rows if _split_variant(r["policy"])[1] == variant],
+                             reference, metric, fractions,
+                             f"{policy_label(reference)} vs each baseline", "baseline")
+    for base in dict.fromkeys(base_policy(p) for p in pols):
+        variants = [p for p in pols if base_policy(p) == base]
+        if len(variants) > 1:  # one policy under several configs (an H-LSTM and an LSTM model)
+            out += _pair_section([r for r in rows if base_policy(r["policy"]) == base],
+                                 variants[0], metric, fractions,
+                                 f"{policy_label(variants[0])} vs the other configs", "config")
     return "\n".join(out)
 
 
 def _pair_section(rows: Sequence[Row], reference: str, metric: str,
-                  fractions: Mapping[Any, list]) -> list[str]:
-    """Lines of the table pairing ``reference`` with each baseline of its own config."""
-    variant = _split_variant(reference)[1]
-    rows = [r for r in rows if _split_variant(r["policy"])[1] == variant]
+                  fractions: Mapping[Any, list], title: str, other: str) -> list[str]:
+    """Lines of the table pairing ``reference`` with each other policy of ``rows``, per seed
+    run by both (``other``: the column's name for them, "baseline" or "config")."""
     pairs = matched.pair_rows(rows, reference, metric)
     out: list[str] = []
     if pairs:
         metrics = ["budget", "error", "error_reference"]
         summary, counts = _summary_index(pairs, metrics)
         ref = policy_label(reference)
-        out += [f"### {ref} vs each baseline at the larger of their two final sizes", "",
+        out += [f"### {title} at the larger of their two final sizes", "",
                 "Per seed run by both, the budget is the larger final size: the policy that "
                 "ended smaller is read off its curve there, the other is its final model (the "
                 "smaller final size lies beyond the larger model's curve).", "",
-                f"| round | data | baseline | size (K) | baseline | {ref} | seeds |",
+                f"| round | data | {other} | size (K) | {other} | {ref} | seeds |",
                 "|---|---|---|---:|---:|---:|---:|"]
         for (p, rnd) in sorted(summary, key=lambda k: (k[1], _policy_sort(k[0]))):
             s = summary[(p, rnd)]
