@@ -103,9 +103,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from gpjax.incremental.store import ModelStore
     store = ModelStore.open(args.store)
+    recipe_over, policy_over = _sets(args.set)
+    if recipe_over:
+        raise UsageError(f"--set {', '.join(recipe_over)}: the recipe is the store's, fixed at "
+                         "`gpjax init`; Fix: --set only policy fields (new_epochs, "
+                         "prune.tolerance, ...) in an update")
     manifest = store.update(args.data, old=args.old, validation=args.validation, test=args.test,
                             max_forgetting=args.max_forgetting, resume=args.resume,
-                            progress=not args.no_progress, policy=args.policy)
+                            progress=not args.no_progress, policy=args.policy,
+                            policy_overrides=policy_over)
     _print_version(store, manifest)
     return 0
 
@@ -209,6 +215,9 @@ def add_parsers(sub, formatter) -> None:
     u.add_argument("--test", default=None, help="test file (reported only)")
     u.add_argument("--policy", default=None, choices=list(POLICIES),
                    help="this update's policy (default: the store's)")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a field of this update's policy (new_epochs, prune.tolerance, epochs "
+                        "with --policy tfs), on top of the store's")
     u.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
                    help="keep but do not promote a version whose old-data error rose more")
     u.add_argument("--resume", action="store_true", help="continue an interrupted update")

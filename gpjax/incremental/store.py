@@ -351,7 +351,8 @@ class ModelStore:
 
     def update(self, new_data, *, old: Sequence | None = None, validation=None, test=None,
                max_forgetting: float | None = None, resume: bool = False,
-               progress: bool = True, policy: str | None = None) -> dict:
+               progress: bool = True, policy: str | None = None,
+               policy_overrides: dict | None = None) -> dict:
         """A new version from the LATEST one and ``new_data`` plus every earlier example.
 
         Args:
@@ -363,6 +364,9 @@ class ModelStore:
             version is kept but ``LATEST`` stays where it was.
           resume: continue an interrupted update from its checkpoints in ``work/``.
           policy: this update's policy instead of the store's (e.g. "tfs").
+          policy_overrides: field overrides of this update's policy (dotted keys, as
+            :meth:`create` takes them), on top of the store's own when the policy is the
+            store's; recorded in the manifest's ``policy``.
 
         Returns:
           The new version's manifest (``promoted`` says whether LATEST moved).
@@ -370,12 +374,16 @@ class ModelStore:
         if not self.versions():
             raise StoreError(f"{self.path} has no version yet; make the first with `gpjax init`")
         return self._make(new_data, validation, test, old=old, resume=resume,
-                          progress=progress, max_forgetting=max_forgetting, policy=policy)
+                          progress=progress, max_forgetting=max_forgetting,
+                          policy=(policy, dict(policy_overrides or {})))
 
-    def _policy(self, name: str | None) -> Policy:
+    def _policy(self, choice: tuple[str | None, dict] | None) -> Policy:
+        """The policy of an update: ``(name or None for the store's, field overrides)``."""
+        name, overrides = choice or (None, {})
         if name is None or name == self.spec["policy"]:
-            return make_policy(self.spec["policy"], self.spec["policy_overrides"])
-        return make_policy(name)
+            return make_policy(self.spec["policy"], {**self.spec["policy_overrides"],
+                                                     **overrides})
+        return make_policy(name, overrides)
 
     def _ckpt_config(self) -> dict:
         return {"store": {k: self.spec[k] for k in ("model", "task", "recipe")}}
