@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## The main job: a model store on MNIST, made from the first half of the data and updated with
-## the second (gpjax init, gpjax update, history, export; about 10 min on 2 CPU cores).
+## the second (gpjax init, gpjax update, history, export; experiments/results/demo has timings).
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --out results/demo $(ARGS)
 

@@ -7,7 +7,7 @@ all data, prune). For the cost, a copy of version 0 is updated the expensive way
 retraining from scratch on all data (``gpjax update --policy tfs``). The updated model is then
 exported (``gpjax export``) and the artifact evaluated with JAX alone.
 
-    python -m experiments.demo --out results/demo          # about 10 min on 2 CPU cores
+    python -m experiments.demo --out results/demo          # see experiments/results/demo
     python -m experiments.demo --out results/demo --quick  # a smoke run (a few epochs)
 
 Writes to ``--out``: ``results.json`` (both stores' histories, the artifact's test error, the
