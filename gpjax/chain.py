@@ -148,11 +148,12 @@ def _natural(path: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
-def kernel_orders(named: dict[str, Any], kernels: Sequence[str] | None = None
-                  ) -> list[list[str]]:
+def kernel_orders(named: dict[str, Any], kernels: Sequence[str] | None = None,
+                  layout: str = "flax") -> list[list[str]]:
     """Candidate orders of the kernels (rank >= 2 leaves not named ``bias``): ``kernels`` as
     given, else the pytree's order and, when different, the paths sorted with their numbers
-    compared as numbers (``Dense_2`` before ``Dense_10``)."""
+    compared as numbers (``Dense_2`` before ``Dense_10``) and the order in which their unit
+    counts chain (convs, then dense layers), when that is unique."""
     if kernels is not None:
         missing = [k for k in kernels if k not in named]
         if missing:
@@ -161,10 +162,35 @@ def kernel_orders(named: dict[str, Any], kernels: Sequence[str] | None = None
         return [list(kernels)]
     found = [n for n, v in named.items() if np.ndim(v) >= 2 and not _is_bias_name(n)]
     orders = [found]
-    natural = sorted(found, key=_natural)
-    if natural != found:
-        orders.append(natural)
+    for order in (sorted(found, key=_natural), _by_units(named, found, layout)):
+        if order is not None and order not in orders:
+            orders.append(order)
     return orders
+
+
+def _by_units(named: dict[str, Any], found: Sequence[str], layout: str) -> list[str] | None:
+    """The kernels ordered so that each one's input units are the previous one's outputs,
+    convs first then dense layers; None when no such order is unique."""
+    def io(k: str) -> tuple[int, int]:
+        shape = np.shape(named[k])
+        return (shape[-2], shape[-1]) if layout == "flax" else (shape[1], shape[0])
+
+    order: list[str] = []
+    for group in ([k for k in found if np.ndim(named[k]) == 4],
+                  [k for k in found if np.ndim(named[k]) == 2]):
+        rest = list(group)
+        outs = {io(k)[1] for k in rest}
+        heads = [k for k in rest if io(k)[0] not in outs]
+        if len(heads) > 1 or (rest and not heads and not order):
+            return None
+        nxt = heads or [k for k in rest if order and io(k)[0] % io(order[-1])[1] == 0]
+        while rest:
+            if len(nxt) != 1:
+                return None
+            order.append(nxt[0])
+            rest.remove(nxt[0])
+            nxt = [k for k in rest if io(k)[0] == io(order[-1])[1]]
+    return order
 
 
 def _is_bias_name(path: str) -> bool:

@@ -608,38 +608,68 @@ def find_chain(params: PyTree, fn: ModelFn, *, seed: int = 0) -> Chain:
       ValueError: one line saying why the model is not a chain compact handles.
     """
     named = leaf_table(params)
-    orders = kernel_orders(named, fn.kernels)
-    specs = skeleton(named, orders[0], fn.layout)
+    orders = kernel_orders(named, fn.kernels, fn.layout)
+    skeletons = []
+    for order in orders:
+        try:
+            skeletons.append(skeleton(named, order, fn.layout))
+        except ValueError:
+            if order is orders[-1] and not skeletons:
+                raise
     if fn.input_shape is None:
-        if specs[0].kind == "conv":
+        first = skeletons[0][0]
+        if first.kind == "conv":
             raise ValueError("compact: a model starting with a conv needs its input shape. "
                              "Fix: ModelFn(..., input_shape=(H, W, C) or, torch, (C, H, W))")
-        first = to_flax_layout(np.asarray(named[specs[0].kernel]), specs[0])
-        fn = fn._replace(input_shape=(int(first.shape[0]),))
+        k = to_flax_layout(np.asarray(named[first.kernel]), first)
+        fn = fn._replace(input_shape=(int(k.shape[0]),))
     fn = fn._replace(input_shape=tuple(int(d) for d in fn.input_shape))
     x = np.random.default_rng(seed).standard_normal((4, *fn.input_shape)).astype(np.float32)
-    ref = np.asarray(fn.forward(params, jnp.asarray(x)), np.float32)
+    ref = np.asarray(jax.jit(fn.forward)(params, jnp.asarray(x)), np.float32)
     tol = 1e-4 * max(1.0, float(np.abs(ref).max(initial=0.0)))
     best = np.inf
     traced = conv_settings(fn.forward, params, jnp.asarray(x[:1]))
-    for order in orders:
-        for chain, cm in _fitting(named, skeleton(named, order, fn.layout), fn, traced):
-            if cm is None or ref.shape != (4, cm.weights[-1]["kernel"].shape[-1]):
+    names = tuple(ACTIVATIONS)
+    pairs = [(f, h) for f in ("identity", *names) for h in names]  # (final, hidden)
+    idx = jnp.asarray([[names.index(f), names.index(h)] for f, h in pairs], jnp.int32)
+    for specs in skeletons:
+        for chain, cm in _fitting(named, specs, fn, traced):
+            if ref.shape != (4, cm.weights[-1]["kernel"].shape[-1]):
                 continue
-            for final in ("identity", *ACTIVATIONS):
-                for hidden in ACTIVATIONS:
-                    layers = tuple(c._replace(activation=hidden if i < len(cm.layers) - 1
-                                              else final) for i, c in enumerate(cm.layers))
-                    err = float(np.abs(np.asarray(apply_compact(layers, cm.weights, x))
-                                       - ref).max())
-                    best = min(best, err)
-                    if err <= tol:
-                        return _with_activations(chain, hidden, final)
+            ys = np.asarray(_all_activations(cm.layers, cm.weights, jnp.asarray(x), idx))
+            errs = np.abs(ys - ref).reshape(len(pairs), -1).max(axis=1)
+            best = min(best, float(errs.min()))
+            ok = np.flatnonzero(errs <= tol)
+            if ok.size:
+                final, hidden = pairs[int(ok[0])]
+                return _with_activations(chain, hidden, final)
     raise ValueError(
         f"compact: no chain of the kernels {orders[0][:6]} computes what the model computes "
         f"(closest max |difference| {best:.3g}; outputs {ref.shape[1:]}): a residual (skip) "
         "connection, recurrence, or an activation or pooling compact does not know. Fix: "
         "deploy the masked model, or give the chain as gpjax.compact.Chain([LayerSpec...])")
+
+
+@partial(jax.jit, static_argnums=0)
+def _all_activations(layers: tuple[CompactLayer, ...], weights: tuple[dict, ...], x: jax.Array,
+                     idx: jax.Array) -> jax.Array:
+    """The outputs of ``layers`` for every ``(final, hidden)`` pair of activation indices
+    into :data:`ACTIVATIONS` in ``idx`` ``[P, 2]``: ``[P, B, out]`` (one compilation)."""
+    fns = [ACTIVATIONS[n] for n in ACTIVATIONS]
+
+    def run(pair: jax.Array) -> jax.Array:
+        def hidden(h: jax.Array) -> jax.Array:
+            return jax.lax.switch(pair[1], fns, h)
+
+        def final(h: jax.Array) -> jax.Array:
+            return jax.lax.switch(pair[0], fns, h)
+
+        n = len(layers)
+        acts = tuple(c._replace(activation=hidden if i < n - 1 else final)
+                     for i, c in enumerate(layers))
+        return apply_compact(acts, weights, x)
+
+    return jax.vmap(run)(idx)
 
 
 def _fitting(named: dict[str, Any], specs: list[LayerSpec], fn: ModelFn,
