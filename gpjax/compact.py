@@ -307,7 +307,7 @@ def chain_of(params: PyTree, model: Any = None, *,
     else:
         raise ValueError(f"compact does not know the structure of {type(model).__name__}. Fix: "
                          "for a chain of Dense layers pass layers=[kernel paths in order] and "
-                         "activation=, or a gpjax.compact.ModelFn(forward, layout) of the model")
+                         "activation=, or a gpjax.chain.ModelFn(forward, layout) of the model")
     if not chain.layers:
         raise ValueError("compact: no layers given")
     return chain._replace(input_shape=shape) if shape is not None else chain
@@ -523,6 +523,7 @@ def compact(params: PyTree, masks: PyTree, model: Any = None, *,
 # ----------------------------------------------------------------------------- deriving
 
 _POOLS: tuple[bool | str, ...] = (False, "max", "avg")
+_PROBE = 16  # random examples the derived chain is checked on
 
 
 def conv_settings(forward: Callable, params: PyTree, x: jax.Array) -> list[dict[str, Any]]:
@@ -624,8 +625,14 @@ def find_chain(params: PyTree, fn: ModelFn, *, seed: int = 0) -> Chain:
         k = to_flax_layout(np.asarray(named[first.kernel]), first)
         fn = fn._replace(input_shape=(int(k.shape[0]),))
     fn = fn._replace(input_shape=tuple(int(d) for d in fn.input_shape))
-    x = np.random.default_rng(seed).standard_normal((4, *fn.input_shape)).astype(np.float32)
-    ref = np.asarray(jax.jit(fn.forward)(params, jnp.asarray(x)), np.float32)
+    x = np.random.default_rng(seed).standard_normal((_PROBE, *fn.input_shape)).astype(np.float32)
+    try:
+        ref = np.asarray(jax.jit(fn.forward)(params, jnp.asarray(x)), np.float32)
+    except Exception as e:  # the user's model: any error means the input shape does not fit
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"compact: the model fails on inputs [B, {fn.input_shape}] "
+                         f"({type(e).__name__}: {first}). Fix: give its per-example input "
+                         "shape (input_shape=)") from None
     tol = 1e-4 * max(1.0, float(np.abs(ref).max(initial=0.0)))
     best = np.inf
     traced = conv_settings(fn.forward, params, jnp.asarray(x[:1]))
@@ -634,7 +641,7 @@ def find_chain(params: PyTree, fn: ModelFn, *, seed: int = 0) -> Chain:
     idx = jnp.asarray([[names.index(f), names.index(h)] for f, h in pairs], jnp.int32)
     for specs in skeletons:
         for chain, cm in _fitting(named, specs, fn, traced):
-            if ref.shape != (4, cm.weights[-1]["kernel"].shape[-1]):
+            if ref.shape != (_PROBE, cm.weights[-1]["kernel"].shape[-1]):
                 continue
             ys = np.asarray(_all_activations(cm.layers, cm.weights, jnp.asarray(x), idx))
             errs = np.abs(ys - ref).reshape(len(pairs), -1).max(axis=1)
@@ -647,7 +654,7 @@ def find_chain(params: PyTree, fn: ModelFn, *, seed: int = 0) -> Chain:
         f"compact: no chain of the kernels {orders[0][:6]} computes what the model computes "
         f"(closest max |difference| {best:.3g}; outputs {ref.shape[1:]}): a residual (skip) "
         "connection, recurrence, or an activation or pooling compact does not know. Fix: "
-        "deploy the masked model, or give the chain as gpjax.compact.Chain([LayerSpec...])")
+        "deploy the masked model, or give the chain as gpjax.chain.Chain([LayerSpec...])")
 
 
 @partial(jax.jit, static_argnums=0)

@@ -206,7 +206,7 @@ def test_the_chain_is_derived_from_the_model(derived, name):
     assert chain.input_shape == fn.input_shape
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(name=st.sampled_from(sorted(MODELS)), seed=st.integers(0, 2**16),
        density=st.floats(0.1, 0.9))
 def test_compact_model_equals_the_masked_model(derived, name, seed, density):
