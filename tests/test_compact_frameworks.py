@@ -220,11 +220,16 @@ def test_compact_model_equals_the_masked_model(derived, name, seed, density):
     assert cm.nonzero() <= gpjax.count_params(masks).active
 
 
-def test_compact_takes_the_model_as_a_modelfn_or_a_linen_module(derived):
+def test_compact_takes_the_model_as_a_modelfn_or_a_linen_module(derived, tmp_path):
     params, fn, chain = derived["eqx-cnn"]
     masks = _masks(params, chain, 0, 0.5)
     a, b = compact(params, masks, fn), compact(params, masks, chain)
     assert a.layers == b.layers and a.input_shape == (1, 8, 8) and a.layers[0].channels_first
+    gpjax.save_sparse(tmp_path / "eqx.npz", a)          # the NCHW input survives a round trip
+    back = gpjax.load_sparse(tmp_path / "eqx.npz")
+    x = _x(fn, 3)
+    assert back.layers == a.layers
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(a(x)), atol=1e-6)
     params, _, chain = derived["linen-mlp"]
     masks = _masks(params, chain, 0, 0.5)
     x = np.random.default_rng(1).normal(size=(3, 8, 8, 1)).astype(np.float32)
