@@ -47,14 +47,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from gpjax.chain import ModelFn
 from gpjax.compact import (
     Activation,
     CompactLayer,
     CompactModel,
     apply_compact,
+    chain_of,
     compact,
     conv_layer,
     layer_macs,
+    linen_model_fn,
 )
 from gpjax.export.sparse import (
     CSR_CUSTOM_CALLS,
@@ -337,6 +340,9 @@ def _original_forward(model: Any, params: PyTree, masks: PyTree, aux: PyTree | N
                       cm_full: CompactModel) -> Callable[[Any], jax.Array]:
     """The dense model the artifact came from (masked weights, original widths)."""
     masked = apply_masks(params, masks)
+    if isinstance(model, ModelFn):
+        g = jax.jit(model.forward)
+        return lambda x: g(masked, x)
     if hasattr(model, "apply"):
         variables = masked if isinstance(masked, dict) and "params" in masked else {
             "params": masked, **(aux or {})}
@@ -370,6 +376,19 @@ def _onnx(cm: CompactModel, in_shape: tuple, path: Path) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
+def _chain_source(model: Any, in_shape: tuple[int, ...], layers: Sequence[str] | None) -> Any:
+    """The model as :func:`gpjax.compact.chain_of` should read it, given the example's
+    per-example shape: a :class:`ModelFn` without an input shape gets it; a linen module that
+    declares no chain becomes a ModelFn."""
+    if layers is not None:
+        return model
+    if isinstance(model, ModelFn):
+        return model if model.input_shape is not None else model._replace(input_shape=in_shape)
+    if model is not None and hasattr(model, "apply") and not hasattr(model, "compact_chain"):
+        return linen_model_fn(model, in_shape)
+    return model
+
+
 def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.PathLike, *,
                  example_input: Any, aux: PyTree | None = None,
                  classes: Sequence[str] | None = None, source: str | None = None,
@@ -381,8 +400,13 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     """Compacts a masked model and writes a JAX-only inference artifact to ``out_dir``.
 
     Args:
-      model: the model (:class:`~gpjax.models.LeNet300`, :class:`~gpjax.models.LeNet5`; a Flax
-        module or None with ``layers`` for a Dense chain).
+      model: the model, as :func:`gpjax.compact` takes it: a zoo model declaring its chain
+        (:class:`~gpjax.models.LeNet300`, :class:`~gpjax.models.LeNet5`), a linen module, a
+        :class:`~gpjax.compact.ModelFn` (an NNX or Equinox model as ``forward(params, x)`` and
+        its kernel layout; its ``input_shape`` defaults to ``example_input``'s), a
+        :class:`~gpjax.compact.Chain`, or None with ``layers`` for a Dense chain. The
+        artifact takes the inputs the model takes, batched (an Equinox CNN's ``[B, C, H,
+        W]``).
       params: its params (the inner ``params`` dict or full variables ``{"params": ...}``).
       masks: its masks pytree.
       out_dir: directory to create; must not exist (nothing is ever overwritten).
@@ -436,8 +460,10 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     if x0.ndim < 2:
         raise ValueError(f"export: example_input must be a batch [B, ...], got shape {x0.shape}")
     in_shape, dtype = tuple(x0.shape[1:]), x0.dtype
-    cm = compact(params, masks, model, layers=layers, activation=activation)
-    cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
+    chain = chain_of(params, _chain_source(model, in_shape, layers), layers=layers,
+                     activation=activation)
+    cm = compact(params, masks, chain)
+    cm_full = compact(params, masks, chain, shrink=False)
     rng = np.random.default_rng(seed)
     products, weights, layer_recs, alternatives = _choose_layers(cm, batch_sizes, repeats, rng,
                                                                  portable)

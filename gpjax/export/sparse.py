@@ -91,7 +91,8 @@ def _layer_json(layer: CompactLayer) -> dict:
                          f"the compact model with an activation from {sorted(ACTIVATIONS)}")
     return {"kind": layer.kind, "activation": layer.activation,
             "padding": [list(p) for p in layer.padding], "pool": layer.pool,
-            "in_shape": list(layer.in_shape), "indexed": layer.indexed}
+            "in_shape": list(layer.in_shape), "indexed": layer.indexed,
+            "channels_first": layer.channels_first}
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> int:
@@ -166,7 +167,8 @@ def load_sparse(path: str | os.PathLike) -> CompactModel:
             weights.append(w)
             layers.append(CompactLayer(meta["kind"], meta["activation"],
                                        tuple(tuple(p) for p in meta["padding"]), meta["pool"],
-                                       tuple(meta["in_shape"]), meta["indexed"]))
+                                       tuple(meta["in_shape"]), meta["indexed"],
+                                       meta.get("channels_first", False)))
     return CompactModel(tuple(layers), tuple(weights), tuple(header["input_shape"]),
                         tuple(header["source_kernels"]))
 
