@@ -14,10 +14,11 @@ Sections (``--sections``, default all, in this order):
   :func:`benchmarks.bench_inference.make_state`): the masked dense model against the exported
   artifact (chosen by timing on this device) and a ``cpu,cuda`` artifact (untimed rule) at
   batch 1, 32 and 1024;
-* ``rounds``: one FIG. 10 round (``lenet300_mnist``, the protocol's epochs) of ``growprune`` and
-  of ``tfs`` with wall time and its breakdown (:mod:`benchmarks.round_breakdown`, a subprocess);
 * ``ds2``: the full-size DeepSpeech2-H-LSTM training step (``ds2_hlstm_synthetic``'s model and
-  batch) on synthetic features of the corpus's shape, against the same baseline.
+  batch) on synthetic features of the corpus's shape, against the same baseline;
+* ``rounds``: one FIG. 10 round (``lenet300_mnist``, the protocol's epochs) of ``growprune`` and
+  of ``tfs`` with wall time and its breakdown (:mod:`benchmarks.round_breakdown`, a subprocess
+  given the time left: last, as the longest and least predictable).
 
 Each section is guarded: one that fails records its error and the rest still run. Before a
 section starts, it is skipped when the time spent plus its estimate (:data:`ESTIMATE_S`) would
@@ -57,7 +58,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-SECTIONS: tuple[str, ...] = ("env", "tests", "steps", "inference", "rounds", "ds2")
+SECTIONS: tuple[str, ...] = ("env", "tests", "steps", "inference", "ds2", "rounds")
 
 #: Seconds each section is expected to take in the full run on one H100 (guesses, no GPU
 #: measured yet): the budget guard skips a section that would not finish inside --budget-s.

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_sections_parse_in_run_order_and_unknown_ones_are_refused():
-    assert dc.parse_sections("ds2,env") == ("env", "ds2")
+    assert dc.parse_sections("rounds,ds2,env") == ("env", "ds2", "rounds")
     with pytest.raises(argparse.ArgumentTypeError, match="Fix: choose from"):
         dc.parse_sections("env,gpu")
 
