@@ -66,6 +66,7 @@ from gpjax.compact import (
 from gpjax.export.sparse import (
     CSR_CUSTOM_CALLS,
     conv_variants,
+    default_platform,
     from_batch,
     save_npz,
     sparse_variants,
@@ -171,7 +172,7 @@ def resolve_platforms(platforms: Sequence[str] | None) -> tuple[str, ...]:
       ValueError: an unknown or empty platform list (one line, with a Fix).
     """
     if platforms is None:
-        return (jax_export.default_export_platform(),)
+        return (default_platform(),)
     if isinstance(platforms, str):
         platforms = platforms.split(",")
     out = tuple(dict.fromkeys(p.strip() for p in platforms if p.strip()))
@@ -513,7 +514,7 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     cm = compact(params, masks, model, layers=layers, activation=activation)
     cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
     rng = np.random.default_rng(seed)
-    here = jax_export.default_export_platform()
+    here = default_platform()
     run_on = next((p for p in dict.fromkeys((here, *targets))
                    if p in targets and _device_of(p) is not None), None)
     measured_on = run_on if len(targets) == 1 else None

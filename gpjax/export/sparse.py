@@ -43,7 +43,8 @@ PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
 __all__ = ["CSR_CUSTOM_CALLS", "MAX_TAP_TERMS", "conv_variants", "csr_decode", "csr_encode",
-           "csr_product", "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype",
+           "csr_product", "csr_weights", "default_platform", "ell_product", "ell_weights",
+           "from_batch", "index_dtype",
            "load_sparse", "save_npz", "save_sparse", "segment_product", "segment_weights",
            "sparse_variants", "storage_report", "taps_product", "taps_weights"]
 
@@ -334,6 +335,14 @@ def conv_variants(kernel: np.ndarray, padding) -> dict[str, tuple[dict, Callable
     return out
 
 
+def default_platform() -> str:
+    """This machine's default ``jax.export`` platform name (``"cpu"``, ``"cuda"``, ...)."""
+    if hasattr(jax_export, "default_export_platform"):
+        return jax_export.default_export_platform()
+    backend = jax.default_backend()  # a JAX without it: its backend name ("gpu": CUDA)
+    return "cuda" if backend == "gpu" else backend
+
+
 def sparse_variants(kernel: np.ndarray, *, portable: bool = False,
                     platforms: Sequence[str] | None = None
                     ) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
@@ -349,7 +358,7 @@ def sparse_variants(kernel: np.ndarray, *, portable: bool = False,
       platforms: the ``jax.export`` platforms the product is for (default: this machine's).
     """
     if platforms is None:
-        platforms = (jax_export.default_export_platform(),)
+        platforms = (default_platform(),)
     out = {"ell": (ell_weights(kernel), ell_product),
            "segment_sum": (segment_weights(kernel),
                            partial(segment_product, out=int(kernel.shape[1])))}
