@@ -399,7 +399,7 @@ def section_rounds(run: Run, scratch: Path) -> dict:
            "growprune,tfs", "--rounds", "1", "--out", str(out), "--no-compile-cache"]
     env = {**os.environ, "GPJAX_DATA_DIR": str(data)}
     left = run.cfg.budget_s - run.elapsed()
-    got = _run_cmd(cmd, 300 if run.cfg.quick else max(left - 5, 10), env)
+    got = _run_cmd(cmd, 600 if run.cfg.quick else max(left - 5, 10), env)
     found = sorted(out.glob("round_breakdown_*.json"))
     rounds = json.loads(found[-1].read_text())["rounds"] if found else []
     keep = ("policy", "round", "wall_s", "compile_s", "train", "growth_gradients",

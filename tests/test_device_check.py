@@ -102,3 +102,31 @@ def test_quick_mode_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
     for head in ("# Device check", "| section | status | seconds |", "## steps:", "## ds2:",
                  "## inference:"):
         assert head in md
+
+
+def test_rounds_section_reads_the_round_timer_and_names_its_data(tmp_path, monkeypatch):
+    """The rounds section runs benchmarks.round_breakdown (itself tested in
+    test_round_breakdown.py) in a subprocess on the data it found, and reports its rows; a
+    failing run is an error that keeps the command and its output."""
+    seen = {}
+
+    def fake_run_cmd(cmd, timeout, env=None):
+        seen.update(cmd=cmd, env=env)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        row = {"policy": "tfs", "round": 0, "wall_s": 2.0, "compile_s": 1.0, "train": 1.5}
+        (out / "round_breakdown_x.json").write_text(json.dumps({"rounds": [row]}))
+        return {"command": " ".join(cmd), "returncode": seen.get("rc", 0), "seconds": 2.0,
+                "output_tail": "boom"}
+
+    monkeypatch.setattr(dc, "_run_cmd", fake_run_cmd)
+    run = dc.Run(dc.CheckConfig(out=tmp_path, quick=True, data_dir=tmp_path / "empty"))
+    res = dc.section_rounds(run, tmp_path / "s1")
+    assert seen["cmd"][seen["cmd"].index("--config") + 1] == "lenet300_mnist_tiny"
+    assert seen["env"]["GPJAX_DATA_DIR"] == str(tmp_path / "s1" / "mnist")
+    assert "SYNTHETIC" in res["data"] and res["rounds"][0]["wall_s"] == 2.0
+    assert res["rounds"][0]["mask_update"] is None  # absent categories stay absent
+    seen["rc"] = 1
+    with pytest.raises(dc.SectionFailed) as e:
+        dc.section_rounds(run, tmp_path / "s2")
+    assert e.value.partial["output_tail"] == "boom" and e.value.partial["rounds"]
