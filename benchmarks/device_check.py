@@ -143,18 +143,21 @@ def torch_device() -> str | None:
 
 
 def _run_cmd(cmd: Sequence[str], timeout: float, env: dict | None = None) -> dict:
-    """Runs ``cmd`` in the repository root: ``{"command", "returncode", "seconds",
-    "output_tail"}`` (returncode None: killed at ``timeout``)."""
+    """Runs ``cmd`` in the repository root in its own process group: ``{"command",
+    "returncode", "seconds", "output_tail"}`` (returncode None: the group, pytest's workers
+    included, was killed at ``timeout``)."""
+    import signal
+
     t = time.perf_counter()
+    p = subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        p = subprocess.run(list(cmd), cwd=REPO, capture_output=True, text=True,
-                           timeout=max(timeout, 1.0), env=env)
-        rc, out = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc = None
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else \
-            (e.stdout or "")
-        out += f"\n[killed after {timeout:.0f} s]"
+        out, _ = p.communicate(timeout=max(timeout, 1.0))
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        rc, out = None, (out or "") + f"\n[killed after {timeout:.0f} s]"
     return {"command": " ".join(cmd), "returncode": rc,
             "seconds": round(time.perf_counter() - t, 1), "output_tail": out[-3000:]}
 

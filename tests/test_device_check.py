@@ -130,3 +130,9 @@ def test_rounds_section_reads_the_round_timer_and_names_its_data(tmp_path, monke
     with pytest.raises(dc.SectionFailed) as e:
         dc.section_rounds(run, tmp_path / "s2")
     assert e.value.partial["output_tail"] == "boom" and e.value.partial["rounds"]
+
+
+def test_a_subprocess_past_its_limit_is_killed_with_its_children():
+    got = dc._run_cmd(["bash", "-c", "echo started; sleep 60 & sleep 60"], 1)
+    assert got["returncode"] is None and "killed after" in got["output_tail"]
+    assert dc._run_cmd(["bash", "-c", "exit 3"], 60)["returncode"] == 3
