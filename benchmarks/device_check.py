@@ -459,8 +459,12 @@ def markdown(res: dict) -> str:
         keys = list(inf["rows"][0]["ms"])
         lines += ["## inference: ms per call (LeNet-300-100, "
                   f"{inf['active']:,} active weights)", "",
-                  f"Artifact chosen: {inf['artifact']}; cpu,cuda artifact: "
-                  f"{inf['artifact_cpu_cuda']}.", "",
+                  "Artifacts: " + "; ".join(
+                      f"`{k}` for {','.join(a['platforms'])}: {a['chosen']} "
+                      f"({', '.join(a['layers'])}; "
+                      f"{'timed on ' + a['measured_on'] if a['measured_on'] else 'untimed rule'})"
+                      for k, a in ((k, inf[k]) for k in ("artifact", "artifact_cpu_cuda"))),
+                  "",
                   "| batch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for r in inf["rows"]:
             lines.append(f"| {r['batch']} | " + " | ".join(f"{r['ms'][k]:.4f}" for k in keys)
