@@ -66,7 +66,9 @@ ESTIMATE_S: dict[str, float] = {"env": 10, "tests": 120, "steps": 120, "inferenc
                                 "rounds": 150, "ds2": 90}
 
 TEST_FILES = ("tests/test_masks.py", "tests/test_train.py", "tests/test_compact.py",
-              "tests/test_export.py")
+              "tests/test_export.py",  # and the PyTorch twins the steps are compared with:
+              "tests/test_benchmarks_smoke.py::"
+              "test_torch_model_with_jax_parameters_gives_the_jax_loss_and_gradients")
 QUICK_TESTS = ("tests/test_export.py", "-k", "only_products_a_platform_has")
 REPO = Path(__file__).resolve().parent.parent
 
