@@ -548,7 +548,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         accuracy = None
         with _on(_device_of(run_on)):
             if test_data is not None:  # the artifact's: None where no platform of it is here
-                accuracy = {"artifact": run_on and _accuracy(load_artifact(tmp), test_data),
+                accuracy = {"artifact": (_accuracy(load_artifact(tmp), test_data)
+                                         if run_on is not None else None),
                             "original": _accuracy(original, test_data),
                             "examples": int(len(test_data[0]))}
             if run_on is not None:  # it loads and runs
