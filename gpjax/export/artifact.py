@@ -103,7 +103,11 @@ def load(directory=pathlib.Path(__file__).parent):
     with np.load(d / "weights.npz") as z:
         weights = [z[f"w{i}"] for i in range(len(z.files))]
     # Weights as constants of the call (compiled once per input shape): x is its only argument.
-    return jax.jit(lambda x: exported.call(weights, x))
+    call = jax.jit(lambda x: exported.call(weights, x))
+    if jax.export.default_export_platform() in exported.platforms:
+        return call
+    device = jax.devices(exported.platforms[0])[0]  # e.g. a CPU artifact on a GPU machine
+    return lambda x: call(jax.device_put(x, device))
 
 
 if __name__ == "__main__":
@@ -397,9 +401,15 @@ def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
 def _caller(exported: jax_export.Exported, flat: Sequence[np.ndarray]) -> Callable:
     """``predict(x)``: the exported call jitted with its weights as constants (numpy arrays
     closed over become constants of the compiled program; device arrays would be passed as
-    arguments on every call, which at batch 1 costs about twice the call itself)."""
+    arguments on every call, which at batch 1 costs about twice the call itself). An artifact
+    without this machine's default platform runs on a device of its first platform (a CPU
+    artifact on a GPU machine: on the CPU); one whose platforms are all absent fails here."""
     weights = [np.asarray(a) for a in flat]
-    return jax.jit(lambda x: exported.call(weights, x))
+    call = jax.jit(lambda x: exported.call(weights, x))
+    if default_platform() in exported.platforms:
+        return call
+    device = jax.devices(exported.platforms[0])[0]  # e.g. a CPU artifact on a GPU machine
+    return lambda x: call(jax.device_put(x, device))
 
 
 def _original_forward(model: Any, params: PyTree, masks: PyTree, aux: PyTree | None,
