@@ -554,7 +554,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 5; quick 2)")
     args = ap.parse_args(argv)
     cfg = CheckConfig(out=args.out, quick=args.quick, sections=args.sections,
-                      budget_s=args.budget_s, data_dir=args.data_dir,
+                      budget_s=args.budget_s,
+                      data_dir=args.data_dir.resolve() if args.data_dir else None,
                       repeats=args.repeats or (2 if args.quick else 5))
     res = run_sections(cfg, argv)
     print(markdown(res))
