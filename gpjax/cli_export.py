@@ -5,6 +5,7 @@ Examples::
     gpjax export store/ --out artifact/ --test test.npz       # LATEST version of a model store
     gpjax export results/mnist/growprune-seed0 --round 9 --out artifact/   # a gpjax run's round
     gpjax export store/ --out a/ --layers Dense_0/kernel,Dense_1/kernel   # your own Dense chain
+    gpjax export store/ --out a/ --platforms cpu,cuda     # one artifact for CPU and NVIDIA GPU
 
 The artifact's layout and loader: :mod:`gpjax.export`.
 """
@@ -51,6 +52,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from gpjax.export import export_from_state
+    from gpjax.export.artifact import resolve_platforms
+    try:
+        platforms = resolve_platforms(args.platforms) if args.platforms else None
+    except ValueError as e:
+        raise UsageError(f"--platforms: {e}") from None
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out} exists; export never overwrites: choose a new directory")
@@ -69,7 +75,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
                                  example_input=example, source=got["source"], test_data=test,
                                  format=args.format, batch_sizes=args.batch_sizes,
-                                 repeats=args.repeats, portable=args.portable, **layers)
+                                 repeats=args.repeats, portable=args.portable,
+                                 platforms=platforms, **layers)
     print(table([{**manifest, "out": str(out)}],
                  [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
                   ("parameters.compact_dense", "compact dense params", "{:,}"),
@@ -109,4 +116,8 @@ def add_export_parser(sub, formatter) -> None:
     x.add_argument("--portable", action="store_true",
                    help="only operations under jax.export's compatibility guarantees (no CSR "
                         "layers: their CPU kernel is a jaxlib custom call)")
+    x.add_argument("--platforms", default=None, metavar="P,P,...",
+                   help="lower for these platforms (cpu, cuda, rocm, tpu; default: this "
+                        "machine's): several make one multi-platform artifact, computed "
+                        "compact dense without timing (timed only for one platform present)")
     x.set_defaults(func=cmd_export)
