@@ -124,7 +124,8 @@ def scale_epochs(policy, factor: float):
     changes = {}
     for f in dataclasses.fields(policy):
         v = getattr(policy, f.name)
-        if f.name.endswith("epochs") and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        if (f.name.endswith("epochs") and f.name != "max_epochs"  # a cap is kept as given
+                and isinstance(v, int) and not isinstance(v, bool) and v > 0):
             changes[f.name] = max(1, round(v * factor))
     return dataclasses.replace(policy, **changes)
 
@@ -193,12 +194,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(out)
     _check_runs(cfg, pols, seeds, out, args)
+    built = {}
+    if any(p.prune.target_params is not None for p in pols):
+        key = seeds[0] if cfg.data_seed is None else None
+        built = {key: build(cfg, seeds[0])}
+        _check_target(built[key], pols)
     out.mkdir(parents=True, exist_ok=True)
     devices = None
     if args.devices:
         import jax
         devices = jax.local_devices()[: args.devices]
-    built = {}
     for seed in seeds:
         for pol in pols:
             key = seed if cfg.data_seed is None else None
@@ -216,6 +221,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = _load(out)
         _write_report(rows, out)
     return 0
+
+
+def _check_target(exp, pols) -> None:
+    """Refuses a ``prune.target_params`` above the model's connections (before any run)."""
+    import jax
+
+    from gpjax.masks import count_params, init_masks
+    params, _ = exp.task.init(jax.random.PRNGKey(0), exp.example_batch)
+    dense = count_params(init_masks(params)).dense
+    for p in pols:
+        n = p.prune.target_params
+        if n is not None and n > dense:
+            raise UsageError(f"--set prune.target_params={n} ({p.name}) is more than the "
+                             f"model's {dense} connections; Fix: give a target <= {dense}")
 
 
 def _check_runs(cfg, pols, seeds, out: Path, args) -> None:

@@ -30,7 +30,7 @@ result is reported but never inherited, and its epochs are reported separately
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.incremental.phases import PruneConfig
@@ -85,12 +85,14 @@ class RoundPlan:
       carry_after: index of the phase after which the model is the one the next round starts
         from (NFT: after training, before pruning a copy); -1: after the last phase.
       seed_density: mask density of a fresh sparse start.
+      max_epochs: a cap on the round's normalised epochs (:attr:`Policy.max_epochs`).
     """
 
     start: Start
     phases: tuple[PhaseSpec, ...]
     carry_after: int = -1
     seed_density: float = 1.0
+    max_epochs: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,21 +101,39 @@ class Policy:
 
     Attributes:
       learning_rate: peak learning rate of every growth/training phase (cosine to 0).
-      prune: the recoverable pruning rule (shared so model sizes compare fairly).
+      prune: the recoverable pruning rule (shared so model sizes compare fairly);
+        ``prune.target_params`` prunes each round to at most that many active connections
+        (``gpjax update --target-params``).
       nonrecoverable: the optional non-recoverable rule (None: skip it).
+      max_epochs: a cap on each round's cost in normalised epochs, as counted
+        (``gpjax update --max-epochs``; None: no cap). Phases run in order until the next
+        epoch (growth/training) or retraining epoch (pruning) would pass it, then stop; the
+        non-recoverable post-processing gets what is left. The round's cost is then at most
+        the cap, exactly (the check is made before each pass, not after).
     """
 
     name: ClassVar[str] = ""
     learning_rate: float = 0.1
     prune: PruneConfig = PRUNE
     nonrecoverable: PruneConfig | None = NONRECOVERABLE
+    max_epochs: float | None = None
 
     def plan(self, round_index: int) -> RoundPlan:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def round_plan(self, round_index: int) -> RoundPlan:
+        """:meth:`plan` with the policy's cap (:attr:`max_epochs`): what the runners execute."""
+        return dataclasses.replace(self.plan(round_index), max_epochs=self.max_epochs)
+
     def __post_init__(self) -> None:
         check_types(self)
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            raise ConfigError(f"{type(self).__name__}.max_epochs must be a positive number of "
+                              f"normalised epochs, got {self.max_epochs!r}; Fix: give E > 0, "
+                              "or none for no cap")
         for f in dataclasses.fields(self):
+            if f.name == "max_epochs":
+                continue
             if f.name.endswith("epochs") or f.name == "grow_every":
                 check_range(self, f.name, 1 if f.name == "grow_every" else 0)
             elif f.name.endswith(("learning_rate", "_lr")):
@@ -318,6 +338,35 @@ def replace_nested(obj: Any, overrides: dict[str, Any], _prefix: str = "") -> An
                 raise KeyError(f"{head} is None; set it before its fields")
         direct[head] = replace_nested(current, sub, f"{_prefix}{head}.")
     return dataclasses.replace(obj, **direct)
+
+
+class Budget(NamedTuple):
+    """What an update may end with and spend (``gpjax update --target-params N --max-epochs
+    E``).
+
+    Attributes:
+      target_params: at most this many active connections in the recoverable model
+        (:attr:`PruneConfig.target_params`); None: the stopping rule decides.
+      max_epochs: at most this many normalised epochs, as counted (:attr:`Policy.max_epochs`);
+        None: no cap.
+    """
+
+    target_params: int | None = None
+    max_epochs: float | None = None
+
+
+def with_budget(policy: Policy, budget: Budget) -> Policy:
+    """``policy`` with ``budget``'s size target and cost cap (a None leaves the policy's own).
+
+    Raises:
+      ConfigError: a value is not positive (the message says the fix).
+    """
+    changes: dict[str, Any] = {}
+    if budget.target_params is not None:
+        changes["prune"] = dataclasses.replace(policy.prune, target_params=budget.target_params)
+    if budget.max_epochs is not None:
+        changes["max_epochs"] = budget.max_epochs
+    return dataclasses.replace(policy, **changes)
 
 
 def make_policy(name: str, overrides: dict[str, Any] | None = None) -> Policy:
