@@ -114,7 +114,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     if budget.get("target_met") is False:
         print(f"version {manifest['version']} has {manifest['metrics']['params']:,} active "
               f"connections, more than --target-params {budget['target_params']:,}: recoverable "
-              f"pruning stopped ({manifest['stopped']}) before reaching it")
+              f"pruning stopped ({', '.join(manifest['stopped'].values())}) before reaching it")
     return 0
 
 
