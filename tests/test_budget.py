@@ -28,8 +28,11 @@ from gpjax.incremental.store import ModelStore, Recipe, StoreError
 from gpjax.models import LeNet300
 from gpjax.train import OptimizerConfig, classifier_task, make_optimizer
 
+# A few epochs per phase; a pruning tolerance no model meets, so the rule alone would stop
+# after `patience` failed iterations and only a target takes pruning further.
 POLICY = {"first_epochs": "2", "new_epochs": "1", "all_epochs": "2", "grow_every": "1",
-          "prune.max_iterations": "40", "prune.percentile": "30",
+          "prune.max_iterations": "40", "prune.percentile": "30", "prune.tolerance": "-100",
+          "prune.max_retrain_epochs": "1",
           "nonrecoverable.max_iterations": "2", "nonrecoverable.percentile": "30"}
 
 
@@ -165,7 +168,9 @@ def test_store_update_to_a_budget(parts, tmp_path, capsys):
         assert _tree_hash(store.path) == before  # nothing written
     with pytest.raises(StoreError, match="Fix:"):
         store.update(parts / "part1.npz", budget=Budget(target_params=dense + 5))
-    target = gpjax.count_params(store.load().masks).active // 2
+    start = gpjax.count_params(store.load().masks).active
+    target = 150  # above the recoverable floor of a 784-16-8-10 model, under its start
+    assert start > target
     code = cli.main(["--no-compile-cache", "update", str(store.path), "--data",
                      str(parts / "part1.npz"), "--no-progress", "--target-params", str(target),
                      "--max-epochs", "60"])
@@ -175,8 +180,10 @@ def test_store_update_to_a_budget(parts, tmp_path, capsys):
     assert (b["target_params"], b["max_epochs"]) == (target, 60.0)
     assert m["policy"]["prune"]["target_params"] == target and m["policy"]["max_epochs"] == 60.0
     assert b["target_met"] is True and b["within_max_epochs"] is True
+    assert m["stopped"]["prune"] == "target"
     assert gpjax.count_params(store.load(1).masks).active == m["metrics"]["params"] <= target
     its = m["metrics"]["prune_log"]["prune"]
+    assert len(its) > 2 and not any(e["held"] for e in its) and its[-1]["kept"]
     passes = m["metrics"]["phase_passes"]
     assert passes["prune"]["train_epochs"] == sum(e["retrain_epochs"] for e in its)
     assert m["metrics"]["epochs_paper"] == pytest.approx(
