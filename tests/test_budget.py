@@ -98,18 +98,25 @@ def test_budget_values_checked():
         with pytest.raises(gpjax.fields.ConfigError, match="Fix:"):
             with_budget(pol, bad)
     assert pol.round_plan(1).max_epochs is None and b.round_plan(1).max_epochs == 7.5
+    with pytest.raises(gpjax.fields.ConfigError, match="Fix:"):
+        make_policy("growprune", {"grow_max_ratio": "0.5"})
+    capped = make_policy("growprune", {"grow_max_ratio": "2"})
+    assert capped.plan(1).grow_max_ratio == 2 and capped.plan(0).grow_max_ratio is None
+    assert make_policy("growprune").plan(1) == pol.plan(1)  # the default leaves it as it was
 
 
 def test_run_with_budget_rows(tmp_path):
     """A tiny 2-round run under a cap that stops round 0's growth and a target: every row
     within both, the budget recorded, and its records of phases and iterations adding up.
     (Iterations are forgiven here, so they hold without retraining and cost nothing: the
-    target is reached after the cap.)"""
+    target is reached after the cap.) A growth budget of 1x the parent's size leaves round 1
+    without a growth step."""
     import dataclasses
     cfg = dataclasses.replace(get_config("lenet300_mnist_tiny"), rounds=2, checkpoint_every=0,
                               prune_checkpoint_every=0)
     over = {**cfg.policies["growprune"], "prune.max_iterations": 30, "prune.tolerance": 100.0,
-            "prune.target_params": 3000, "max_epochs": 4.0, "nonrecoverable.tolerance": 0.0}
+            "prune.target_params": 3000, "max_epochs": 4.0, "nonrecoverable.tolerance": 0.0,
+            "grow_max_ratio": 1.0}
     rows = run(cfg, make_policy("growprune", over), 0, tmp_path, progress=False)
     assert rows[0]["phase_passes"]["grow"]["stopped"] == "budget"
     assert rows[0]["phase_passes"]["grow"]["epochs"] == 4  # 2 epochs, each with a growth
@@ -127,6 +134,11 @@ def test_run_with_budget_rows(tmp_path):
         # every iteration held without retraining: the paper's reading retrains each once
         assert r["epochs_paper"] == pytest.approx(r["epochs"] + len(its))
         assert r["prune_curve"][-1]["active"] == r["params_recoverable"]
+    assert rows[0]["grow_limit"] is None  # round 0 has no parent
+    assert rows[1]["grow_limit"] == rows[0]["params_recoverable"]
+    assert rows[1]["prune_curve"][0]["active"] == rows[0]["params_recoverable"]
+    assert [rows[1]["phase_passes"][p]["grad_passes"] for p in ("grow_new", "grow_all")] == [0, 0]
+    assert rows[1]["phase_passes"]["grow_all"]["train_epochs"] == 2
     assert rows[1]["epochs_paper_cumulative"] == pytest.approx(
         rows[0]["epochs_paper"] + rows[1]["epochs_paper"])
 

@@ -195,6 +195,7 @@ def grow_and_train(
     start_epoch: int = 0,
     log: PhaseLog | None = None,
     max_epochs: float | None = None,
+    max_active: int | None = None,
 ) -> tuple[TrainState, PhaseLog]:
     """Trains for ``epochs`` with a cosine learning rate, growing every ``grow_every`` epochs.
 
@@ -212,7 +213,8 @@ def grow_and_train(
     ``max_epochs`` caps ``log.epochs`` (the phase's passes over ``data``, gradient evaluations
     included, those of a resumed log too): an epoch (with its growth pass) that would pass it
     does not run, and the phase ends with ``log.stopped == "budget"`` on the schedule it was
-    planned with (its learning rate not yet decayed).
+    planned with (its learning rate not yet decayed). ``max_active`` skips a growth step (and
+    its gradient pass) when the model already has at least that many active connections.
 
     Returns:
       ``(state, log)``; ``log.epochs`` counts gradient evaluations as epochs too.
@@ -223,7 +225,8 @@ def grow_and_train(
     bar = trainer.bar(epochs, name)
     bar.update(start_epoch)
     for e in range(start_epoch, epochs):
-        growing = grow and e % grow_every == 0
+        growing = grow and e % grow_every == 0 and (
+            max_active is None or gpjax.count_params(state.masks).active < max_active)
         if not fits(log, 1 + growing, max_epochs):
             log.stopped = "budget"
             break

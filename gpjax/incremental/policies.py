@@ -86,6 +86,8 @@ class RoundPlan:
         from (NFT: after training, before pruning a copy); -1: after the last phase.
       seed_density: mask density of a fresh sparse start.
       max_epochs: a cap on the round's normalised epochs (:attr:`Policy.max_epochs`).
+      grow_max_ratio: growth phases skip their growth steps once the model has at least this
+        many times the start model's active connections (None: no limit).
     """
 
     start: Start
@@ -93,6 +95,7 @@ class RoundPlan:
     carry_after: int = -1
     seed_density: float = 1.0
     max_epochs: float | None = None
+    grow_max_ratio: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,10 @@ class Policy:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if getattr(self, "grow_max_ratio", None) is not None and not self.grow_max_ratio >= 1:
+            raise ConfigError(f"{type(self).__name__}.grow_max_ratio must be at least 1 (a "
+                              f"multiple of the parent's size), got {self.grow_max_ratio!r}; "
+                              "Fix: give k >= 1, or none for no limit")
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise ConfigError(f"{type(self).__name__}.max_epochs must be a positive number of "
                               f"normalised epochs, got {self.max_epochs!r}; Fix: give E > 0, "
@@ -174,6 +181,12 @@ class GrowPrune(Policy):
       growth_scope: percentile per layer ("layer") or over all layers ("global").
       growth_init: "descent" (grown weights start at ``-lr * g``, lowering the loss) or
         "patent" (``+lr * g``, the literal wording).
+      grow_max_ratio: an update's growth budget relative to the parent's size: its growth
+        phases skip their growth steps (and the gradient passes they cost) once the model has
+        at least ``grow_max_ratio`` times the inherited model's active connections. A step
+        is checked before it runs, so one step may end above the limit by at most its own
+        growth (<= ``100 - growth_percentile`` % of each tensor). None (default, the paper's
+        method): no limit. Round 0 has no parent and is not limited.
     """
 
     name: ClassVar[str] = "growprune"
@@ -185,6 +198,7 @@ class GrowPrune(Policy):
     seed_density: float = 0.1
     growth_scope: str = "layer"
     growth_init: str = "descent"
+    grow_max_ratio: float | None = None
 
     def _grow(self, data: str, epochs: int, name: str) -> PhaseSpec:
         return PhaseSpec("grow", data, epochs, self.learning_rate, self.grow_every,
@@ -199,7 +213,8 @@ class GrowPrune(Policy):
             phases.append(self._grow("new", self.new_epochs, "grow_new"))
         if self.all_epochs > 0:
             phases.append(self._grow("all", self.all_epochs, "grow_all"))
-        return RoundPlan("inherit", (*phases, self._prune()))
+        return RoundPlan("inherit", (*phases, self._prune()),
+                         grow_max_ratio=self.grow_max_ratio)
 
 
 @dataclasses.dataclass(frozen=True)

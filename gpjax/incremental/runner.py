@@ -80,6 +80,8 @@ class UpdateLog:
         before recoverable pruning and after every iteration whose model the phase kept; the
         last one is the result.
       stopped: why each pruning phase (and each phase a cap ended early) ended, by phase name.
+      grow_limit: the active connections past which growth steps are skipped (the plan's
+        ``grow_max_ratio`` times the start model's); None: no limit.
     """
 
     start: str
@@ -88,6 +90,7 @@ class UpdateLog:
     events: dict = dataclasses.field(default_factory=dict)
     prune_curve: list[dict] = dataclasses.field(default_factory=list)
     stopped: dict = dataclasses.field(default_factory=dict)
+    grow_limit: int | None = None
 
 
 def _copy(tree: PyTree) -> PyTree:
@@ -194,6 +197,9 @@ def update(
                     stopped=dict(progress.get("stopped", {})))
     if state is None:
         state = place(start_state(trainer, plan, key, example_batch, carry))
+    log.grow_limit = progress.get("grow_limit")
+    if plan.grow_max_ratio is not None and "grow_limit" not in progress:
+        log.grow_limit = int(plan.grow_max_ratio * gpjax.count_params(state.masks).active)
     first = int(progress.get("phase", 0))
     last_save = [time.perf_counter()]
     for p in range(first, len(plan.phases)):
@@ -216,7 +222,7 @@ def update(
         if spec.kind in ("grow", "train"):
             state = _grow_or_train(trainer, spec, state, data, inner, phase_log, cost,
                                    save if snapshot and checkpoint_every else None,
-                                   checkpoint_every, on_epoch, cap)
+                                   checkpoint_every, on_epoch, cap, log.grow_limit)
         else:
             state = _prune(trainer, spec, state, data, prune, inner, phase_log, log,
                            here, save if snapshot and prune_checkpoint_every else None,
@@ -241,11 +247,11 @@ def _progress(phase: int, inner: int, cost: dict, log: UpdateLog) -> dict:
     """What a snapshot records of an update at phase ``phase``, epoch/iteration ``inner``."""
     return {"phase": phase, "inner": inner, "cost": cost, "events": log.events,
             "curve": log.prune_curve, "phases": [pl.to_dict() for pl in log.phases],
-            "stopped": log.stopped}
+            "stopped": log.stopped, "grow_limit": log.grow_limit}
 
 
 def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, every, on_epoch,
-                   cap):
+                   cap, grow_limit):
     n_all = cost.n_available
     n = num_examples(getattr(data, spec.data))
     before = phase_log.epochs
@@ -262,7 +268,7 @@ def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, eve
         learning_rate=spec.learning_rate, grow_every=spec.grow_every,
         percentile=spec.percentile, scope=spec.scope, init=spec.init,
         grow=spec.kind == "grow", name=spec.name, on_epoch=hook, start_epoch=start,
-        log=phase_log, max_epochs=cap)
+        log=phase_log, max_epochs=cap, max_active=grow_limit)
     return state
 
 
@@ -310,6 +316,17 @@ def iteration_record(event: dict) -> dict:
     return out
 
 
+def _phase_record(pl: PhaseLog, pruning: bool) -> tuple[dict, list[dict]]:
+    """A phase's passes (with its iterations' counts when ``pruning``) and iteration records."""
+    iters = [e for e in pl.events if "iteration" in e]
+    passes = {"epochs": pl.epochs, "train_epochs": pl.train_epochs,
+              "grad_passes": pl.grad_passes, "stopped": pl.stopped}
+    if pruning:
+        passes.update(iterations=len(iters), held=sum(e["held"] for e in iters),
+                      failed=sum(not e["held"] for e in iters))
+    return passes, [iteration_record(e) for e in iters]
+
+
 def update_record(log: UpdateLog, nonrec: PhaseLog | None = None) -> dict:
     """What a result row (and a store version's metrics) record of an update's cost and
     pruning, beside ``epochs`` / ``epochs_by_phase``.
@@ -317,27 +334,26 @@ def update_record(log: UpdateLog, nonrec: PhaseLog | None = None) -> dict:
     Returns:
       ``{"epochs_paper", "epochs_paper_by_phase"`` (normalised epochs under the paper's
       reading, :mod:`gpjax.incremental.cost`), ``"phase_passes"`` (per phase: ``epochs``,
-      ``train_epochs`` and ``grad_passes`` over its own data, ``iterations``, ``held``,
-      ``failed``, ``stopped``), ``"prune_log"`` (per pruning phase, one
-      :func:`iteration_record` per iteration), ``"prune_stopped"``}; with ``nonrec`` (the
-      non-recoverable phase's log) its passes and iterations too, and
+      ``train_epochs`` and ``grad_passes`` over its own data; for pruning also
+      ``iterations``, ``held``, ``failed``; ``stopped``), ``"prune_log"`` (per pruning phase,
+      one :func:`iteration_record` per iteration), ``"prune_stopped"``, ``"grow_limit"``
+      (:attr:`UpdateLog.grow_limit`)``}``; with ``nonrec`` (the non-recoverable phase's log)
+      also ``"phase_passes_nonrecoverable"``, ``"prune_log_nonrecoverable"`` and
       ``"epochs_paper_nonrecoverable"``.
     """
-    phases = list(log.phases) + ([nonrec] if nonrec is not None else [])
     passes, prune_log = {}, {}
-    for pl in phases:
-        iters = [e for e in pl.events if "iteration" in e]
-        passes[pl.name] = {"epochs": pl.epochs, "train_epochs": pl.train_epochs,
-                           "grad_passes": pl.grad_passes, "stopped": pl.stopped}
-        if pl.name in log.events or pl is nonrec:
-            passes[pl.name].update(iterations=len(iters), held=sum(e["held"] for e in iters),
-                                   failed=sum(not e["held"] for e in iters))
-            prune_log[pl.name] = [iteration_record(e) for e in iters]
+    for pl in log.phases:
+        passes[pl.name], its = _phase_record(pl, pl.name in log.events)
+        if pl.name in log.events:
+            prune_log[pl.name] = its
     out = {"epochs_paper": log.cost.epochs_paper,
            "epochs_paper_by_phase": dict(log.cost.paper_by_phase),
-           "phase_passes": passes, "prune_log": prune_log, "prune_stopped": dict(log.stopped)}
+           "phase_passes": passes, "prune_log": prune_log, "prune_stopped": dict(log.stopped),
+           "grow_limit": log.grow_limit}
     if nonrec is not None:
-        out["epochs_paper_nonrecoverable"] = nonrec.paper_epochs()
+        p, its = _phase_record(nonrec, True)
+        out.update(phase_passes_nonrecoverable=p, prune_log_nonrecoverable=its,
+                   epochs_paper_nonrecoverable=nonrec.paper_epochs())
     return out
 
 
