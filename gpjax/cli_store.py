@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from gpjax._cli_common import UsageError, json_object, table
+from gpjax.distributed import add_process_args
 from gpjax.incremental.policies import POLICIES
 
 
@@ -196,6 +197,7 @@ def add_parsers(sub, formatter) -> None:
     i.add_argument("--resume", action="store_true",
                    help="continue an interrupted init of this store (same --data)")
     i.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_args(i)
     i.set_defaults(func=cmd_init)
 
     u = command("update", "add new data to a store: a new version from LATEST",
@@ -213,6 +215,7 @@ def add_parsers(sub, formatter) -> None:
                    help="keep but do not promote a version whose old-data error rose more")
     u.add_argument("--resume", action="store_true", help="continue an interrupted update")
     u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_args(u)
     u.set_defaults(func=cmd_update)
 
     h = command("history", "a table of a store's versions", "gpjax history store/ --json")
