@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from gpjax._cli_common import UsageError, json_object, table
-from gpjax.distributed import add_process_args
+from gpjax.distributed import add_process_args, is_primary
 from gpjax.incremental.policies import POLICIES
 
 
@@ -92,7 +92,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, resume=args.resume)
     except ValueError:
         # Refused input: nothing trained, so leave no half-made store behind.
-        if not args.resume and not (store.path / WORK).exists():
+        if not args.resume and not (store.path / WORK).exists() and is_primary():
             import shutil
             for p in store.path.iterdir() if existed else [store.path]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -54,7 +54,7 @@ from gpjax.incremental.experiment import Experiment, build
 from gpjax.incremental.phases import NonFiniteLossError, Trainer, new_state
 from gpjax.incremental.policies import Policy, policy_to_dict
 from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, start_state, update
-from gpjax.train import TrainState, make_optimizer, num_examples
+from gpjax.train import TrainState, make_optimizer
 
 PyTree = Any
 MODELS_DIR = "models"
