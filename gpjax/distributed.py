@@ -146,8 +146,8 @@ def _give_up(cfg: ProcessConfig) -> None:
         what = f"not all {cfg.num_processes or ''} processes joined the coordinator {where}"
         fix = ("start every process with the same --coordinator and --num-processes and its "
                "own --process-id")
-    print(f"gpjax: error: {what} within --coordinator-timeout {cfg.timeout_s} s. Fix: {fix}",
-          file=sys.stderr, flush=True)
+    print(f"gpjax: error: {what} (waited --coordinator-timeout {cfg.timeout_s} s). "
+          f"Fix: {fix}", file=sys.stderr, flush=True)
     os._exit(2)
 
 
@@ -181,6 +181,9 @@ def initialize(cfg: ProcessConfig) -> None:
                          "pod") from None
     finally:
         watchdog.cancel()
+    # One process compiles each program and hands it to the others (with the persistent
+    # compilation cache on, as in the ``gpjax`` command): N processes, one compile.
+    jax.config.update("jax_share_binary_between_hosts", True)
 
 
 def is_primary() -> bool:
