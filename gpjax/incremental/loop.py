@@ -171,6 +171,11 @@ class _Run:
         constrained to the batch sharding inside the jitted step.
         """
         if is_streamed(data):
+            if jax.process_count() > 1:
+                from gpjax.fields import ConfigError
+                raise ConfigError(f"config {self.cfg.name}: a streamed dataset "
+                                  f"({self.cfg.dataset}) runs in one process only. Fix: run "
+                                  "it without --coordinator/--distributed")
             return data
         if is_bucketed(data):
             return Bucketed(tuple(self.put(p) for p in data.parts))
