@@ -179,6 +179,20 @@ def test_unreachable_coordinator_is_one_line_within_the_timeout(rank, says, file
     assert not store.exists()
 
 
+def test_distributed_outside_a_cluster_is_one_line(files, tmp_path):
+    """``--distributed`` where JAX detects no cluster (no Slurm, Open MPI or TPU pod)."""
+    env = {k: v for k, v in _env().items()
+           if not k.startswith(("SLURM_", "OMPI_", "PMI_", "TPU_", "JAX_COORDINATOR"))}
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "gpjax.cli", "init", str(store), *INIT, "--data",
+           str(files / "part0.npz"), "--distributed", "--coordinator-timeout", "5"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("gpjax: error")]
+    assert len(lines) == 1 and "cannot join the processes" in lines[0], res.stderr[-2000:]
+    assert "Fix:" in lines[0] and not store.exists()
+
+
 # ------------------------------------------------------------------------------ equivalence
 
 
