@@ -181,9 +181,6 @@ def initialize(cfg: ProcessConfig) -> None:
                          "pod") from None
     finally:
         watchdog.cancel()
-    # One process compiles each program and hands it to the others (with the persistent
-    # compilation cache on, as in the ``gpjax`` command): N processes, one compile.
-    jax.config.update("jax_share_binary_between_hosts", True)
 
 
 def is_primary() -> bool:
