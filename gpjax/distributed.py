@@ -167,6 +167,9 @@ def initialize(cfg: ProcessConfig) -> None:
     cfg.check()
     if not cfg.enabled or jax.distributed.is_initialized():
         return
+    # JAX's preemption service would catch SIGTERM (Slurm's scancel, `timeout`) and carry on;
+    # without it a process ends on SIGTERM as one alone does, and --resume continues the job.
+    jax.config.update("jax_enable_preemption_service", False)
     watchdog = threading.Timer(cfg.timeout_s, _give_up, (cfg,))
     watchdog.daemon = True
     watchdog.start()
