@@ -196,6 +196,7 @@ def test_distributed_outside_a_cluster_is_one_line(files, tmp_path):
 # ------------------------------------------------------------------------------ equivalence
 
 
+@pytest.mark.slow
 def test_run_two_processes_give_the_rows_of_two_devices(tmp_path):
     """``gpjax run``: 2 processes x 1 device == 1 process x 2 devices (time fields aside);
     only process 0 wrote rows (one results.json, complete)."""
@@ -228,6 +229,7 @@ def stores(files, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_store_two_processes_give_the_versions_of_two_devices(stores):
     from gpjax.incremental.store import ModelStore
     one, two = ModelStore.open(stores / "one"), ModelStore.open(stores / "two")
@@ -240,6 +242,7 @@ def test_store_two_processes_give_the_versions_of_two_devices(stores):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_killed_two_process_update_resumes_to_the_same_version(stores, files, tmp_path):
     """SIGKILL process 1 after the update's first checkpoint (process 0 is then stopped too,
     as a scheduler ends a job step): the store keeps version 0 only, and both restarted with
