@@ -37,6 +37,7 @@ from typing import Any
 from gpjax._cli_common import UsageError
 from gpjax.cli_export import add_export_parser
 from gpjax.cli_store import add_parsers
+from gpjax.distributed import add_process_args, initialize, process_config
 
 POLICY_NAMES = ("growprune", "tfs", "nft", "nest", "merged")
 
@@ -205,6 +206,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = None
     if args.devices:
         import jax
+        if jax.process_count() > 1:
+            raise UsageError("--devices picks local devices of one process; with several "
+                             "processes every device takes part. Fix: drop --devices")
         devices = jax.local_devices()[: args.devices]
     for seed in seeds:
         for pol in pols:
@@ -369,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--devices", type=int, default=None, help="use the first N local devices")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--report", action="store_true", help="write report.md when done")
+    add_process_args(r)
     r.set_defaults(func=cmd_run)
     rep = command("report", "Markdown table from results", "gpjax report results/mnist")
     rep.add_argument("paths", nargs="+", help="results.json files or directories")
@@ -422,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_compile_cache:
         enable_compile_cache()
     try:
+        if hasattr(args, "process_id"):  # gpjax run / init / update: join the other processes
+            initialize(process_config(args))
         return args.func(args)
     except USER_ERRORS as e:
         if args.debug:

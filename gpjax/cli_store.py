@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from gpjax._cli_common import UsageError, json_object, table
+from gpjax.distributed import add_process_args, is_primary
 from gpjax.incremental.policies import POLICIES
 
 
@@ -92,7 +93,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, resume=args.resume)
     except ValueError:
         # Refused input: nothing trained, so leave no half-made store behind.
-        if not args.resume and not (store.path / WORK).exists():
+        if not args.resume and not (store.path / WORK).exists() and is_primary():
             import shutil
             for p in store.path.iterdir() if existed else [store.path]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -210,6 +211,7 @@ def add_parsers(sub, formatter) -> None:
     i.add_argument("--resume", action="store_true",
                    help="continue an interrupted init of this store (same --data)")
     i.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_args(i)
     i.set_defaults(func=cmd_init)
 
     u = command("update", "add new data to a store: a new version from LATEST",
@@ -236,6 +238,7 @@ def add_parsers(sub, formatter) -> None:
                         "retraining and non-recoverable pruning together)")
     u.add_argument("--resume", action="store_true", help="continue an interrupted update")
     u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_args(u)
     u.set_defaults(func=cmd_update)
 
     h = command("history", "a table of a store's versions", "gpjax history store/ --json")

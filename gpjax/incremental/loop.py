@@ -24,8 +24,11 @@ Data parallelism: all local devices (or ``devices``) form a 1-D ``jax.sharding.M
 ``"batch"``. Parameters and optimiser state are replicated; data arrays are split along their
 example axis, each training mini-batch is constrained to ``P("batch")`` and XLA all-reduces the
 gradients; the growth-gradient accumulation (a mean over sharded batches) likewise reduces
-across devices. Multi-host: call ``jax.distributed.initialize()`` before ``run`` and pass
-``devices=jax.devices()`` (global); every process runs the same program on its shard.
+across devices. Several processes (hosts): :func:`gpjax.distributed.initialize` before ``run``
+(``gpjax run --coordinator ... --num-processes ... --process-id ...``); the mesh then spans
+every process's devices (:class:`~gpjax.distributed.DataMesh`), each process holds only its
+rows of every split, every process runs the same program and holds the same masks; checkpoints
+are saved by all together, rows and heatmaps written by process 0.
 """
 
 from __future__ import annotations
@@ -39,18 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import gpjax
 from gpjax.data.buckets import Bucketed, is_bucketed, length_buckets
 from gpjax.data.stream import is_streamed
+from gpjax.distributed import DataMesh, is_primary, primary_lock, sync
 from gpjax.incremental.configs import ExperimentConfig
 from gpjax.incremental.experiment import Experiment, build
-from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import NonFiniteLossError, Trainer, new_state
 from gpjax.incremental.policies import Policy, policy_to_dict
 from gpjax.incremental.runner import (
@@ -61,7 +61,7 @@ from gpjax.incremental.runner import (
     update,
     update_record,
 )
-from gpjax.train import TrainState, make_optimizer, num_examples
+from gpjax.train import TrainState, make_optimizer
 
 PyTree = Any
 MODELS_DIR = "models"
@@ -142,13 +142,10 @@ class _Run:
         self.callback = callback
         self.dir = out
         self.progress = progress
-        devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(devices), ("batch",))
-        self.ndev = len(devices)
-        self.replicated = NamedSharding(self.mesh, P())
-        self.split = NamedSharding(self.mesh, P("batch"))
+        self.place = DataMesh(devices)
+        self.mesh, self.ndev = self.place.mesh, self.place.size
         bs = self.cfg.batch_size
-        batch_sharding = self.split if self.ndev > 1 and bs % self.ndev == 0 else None
+        batch_sharding = self.place.batch_sharding(bs)
         self.trainer = Trainer(exp.task, _optimizer(self.cfg.optimizer), bs,
                                self.cfg.eval_batch_size, progress, batch_sharding)
         self.run_config = run_config(self.cfg, policy, seed)
@@ -181,12 +178,15 @@ class _Run:
         constrained to the batch sharding inside the jitted step.
         """
         if is_streamed(data):
+            if jax.process_count() > 1:
+                from gpjax.fields import ConfigError
+                raise ConfigError(f"config {self.cfg.name}: a streamed dataset "
+                                  f"({self.cfg.dataset}) runs in one process only. Fix: run "
+                                  "it without --coordinator/--distributed")
             return data
         if is_bucketed(data):
             return Bucketed(tuple(self.put(p) for p in data.parts))
-        n = num_examples(data)
-        sharding = self.split if self.ndev > 1 and n % self.ndev == 0 else self.replicated
-        return jax.device_put(jax.tree.map(jnp.asarray, data), sharding)
+        return self.place.put(data)
 
     def bucket(self, data: PyTree) -> PyTree:
         """``data`` in the config's length buckets (speech splits; unchanged for 1)."""
@@ -195,7 +195,7 @@ class _Run:
         return length_buckets(tuple(data), self.cfg.length_buckets, self.cfg.batch_size)
 
     def replicate(self, tree: PyTree) -> PyTree:
-        return jax.device_put(tree, self.replicated)
+        return self.place.replicate(tree)
 
     def template(self) -> dict:
         st = self.replicate(new_state(self.trainer, jax.random.PRNGKey(0),
@@ -333,7 +333,7 @@ class _Run:
         from gpjax.report import pixel_connection_heatmap, pixel_connection_heatmaps
 
         kernel = _input_kernel_mask(masks, self.exp.input_kernels)
-        if kernel is None or kernel.shape[0] != 784:
+        if kernel is None or kernel.shape[0] != 784 or not is_primary():
             return
         out = self.dir / "heatmaps" / f"{which}-round{r:02d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +352,10 @@ class _Run:
                                            f"({which})")
 
     def write_rows(self) -> None:
+        """The rows so far, written by process 0 once every process has saved."""
+        sync("gpjax-rows")
+        if not is_primary():
+            return
         write_rows(self.rows, self.dir, metadata={**self.run_config,
                                                   "scenario": self.exp.scenario.description})
 
@@ -434,7 +438,7 @@ def run(
         ``results.json``, ``results.csv``, ``heatmaps/``), holding its lock meanwhile.
       resume: continue from the newest intact checkpoint there (a fresh start if none).
       progress: tqdm bars per round and phase.
-      devices: devices of the data-parallel mesh (default: all local devices).
+      devices: devices of the data-parallel mesh (default: every device of every process).
       max_to_keep: checkpoints kept.
       callback: optional ``callback(event, round, state, carry)``, called with
         ``"round_start"`` (the start state; ``carry``: the previous round's model or None) and
@@ -462,7 +466,7 @@ def run(
     """
     exp = config if isinstance(config, Experiment) else build(config, seed)
     r_dir = run_dir(out, policy, seed)
-    with DirectoryLock(r_dir, what="run"):
+    with primary_lock(r_dir, what="run"):
         runner = _Run(exp, policy, seed, r_dir, resume=resume, progress=progress,
                       devices=devices, max_to_keep=max_to_keep, callback=callback,
                       overwrite=overwrite)

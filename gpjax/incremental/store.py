@@ -42,6 +42,7 @@ import numpy as np
 import gpjax
 from gpjax._files import atomic_write_text
 from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
+from gpjax.distributed import DataMesh, is_primary, primary_lock, sync
 from gpjax.incremental.checkpoint import RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
@@ -188,10 +189,13 @@ class ModelStore:
                 "policy_config": policy_to_dict(pol), "recipe": recipe.to_dict(),
                 "input_shape": None, "num_classes": None}
         store = cls(path, spec)  # makes the model and task: bad specs fail before writing
-        path.mkdir(parents=True, exist_ok=True)
-        (path / VERSIONS).mkdir()
-        DirectoryLock(path).path.touch()  # later commands leave the store's files as they were
-        atomic_write_text(path / STORE_FILE, json.dumps(spec, indent=1) + "\n")
+        sync("gpjax-store-create")  # every process checked before process 0 writes
+        if is_primary():
+            path.mkdir(parents=True, exist_ok=True)
+            (path / VERSIONS).mkdir()
+            DirectoryLock(path).path.touch()  # later commands leave the store's files as is
+            atomic_write_text(path / STORE_FILE, json.dumps(spec, indent=1) + "\n")
+        sync("gpjax-store-created")
         return store
 
     @classmethod
@@ -416,7 +420,7 @@ class ModelStore:
     def _make(self, data, validation, test, *, old, resume, progress, max_forgetting=None,
               policy=None, budget: Budget = Budget()) -> dict:
         t_start = time.time()
-        with DirectoryLock(self.path, what="model store command"):
+        with primary_lock(self.path, what="model store command"):
             job = self._prepare(data, validation, test, old, policy, budget)
             work = self.path / WORK
             if work.exists() and not resume:
@@ -428,11 +432,16 @@ class ModelStore:
                     raise StoreError(f"the interrupted update in {work} was for other data or "
                                      "settings; rerun it with the same command, or delete "
                                      f"{work}")
-            atomic_write_text(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
-            work.mkdir(exist_ok=True)
-            atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
+            sync("gpjax-store-checked")  # every process checked before process 0 writes
+            if is_primary():
+                atomic_write_text(self.path / STORE_FILE,
+                                  json.dumps(self.spec, indent=1) + "\n")
+                work.mkdir(exist_ok=True)
+                atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
             manifest = self._run(job, work, progress, t_start, max_forgetting)
-            shutil.rmtree(work)
+            if is_primary():
+                shutil.rmtree(work)
+            sync("gpjax-store-done")
             return manifest
 
     def _prepare(self, data, validation, test, old, policy, budget: Budget = Budget()) -> dict:
@@ -496,11 +505,19 @@ class ModelStore:
              max_forgetting: float | None) -> dict:
         rec, pol = job["record"], job["policy"]
         data, val = self._round_data(job["files"])
-        trainer = dataclasses.replace(self.trainer, progress=progress)
+        example = tuple(a[:2] for a in data.all)
+        # Data parallel over every device of every process (each holds its rows only).
+        place = DataMesh()
+        data = RoundData(*(None if d is None else place.put(d)
+                           for d in (data.new, data.all, data.validation)))
+        val = {k: None if v is None else place.put(v) for k, v in val.items()}
+        test = None if job["test"] is None else place.put(job["test"].arrays)
+        trainer = dataclasses.replace(self.trainer, progress=progress,
+                                      batch_sharding=place.batch_sharding(self.trainer.batch_size))
         plan = pol.round_plan(rec["round"])
         ckpt = RoundCheckpointer(work / "checkpoints", config=self._ckpt_config(),
                                  max_to_keep=2, async_save=False)
-        template = self._template()
+        template = place.replicate(self._template())
         state, carry_next, resume = None, None, None
         got = ckpt.restore_latest(template)
         if got is not None:
@@ -521,15 +538,14 @@ class ModelStore:
                                 "nonrecoverable": model_of(st)},
                       {"progress": progress_, "has_carry": cn is not None}, overwrite=True)
 
-        test = job["test"]
         measure = None if test is None else (
-            lambda st: {"test_error": self.metrics(st.params, st.aux, test.arrays)["test_error"]})
+            lambda st: {"test_error": self.metrics(st.params, st.aux, test)["test_error"]})
         key = jax.random.fold_in(jax.random.PRNGKey(self.recipe.seed), rec["round"])
-        example = tuple(a[:2] for a in data.all)
         try:
             state, carry_next, log = update(
                 trainer, plan, data, pol.prune, state=state, key=key, example_batch=example,
-                carry=carry, resume=resume, carry_next=carry_next, snapshot=snapshot,
+                carry=carry, place=place.replicate, resume=resume, carry_next=carry_next,
+                snapshot=snapshot,
                 checkpoint_every=self.recipe.checkpoint_every,
                 prune_checkpoint_every=self.recipe.prune_checkpoint_every,
                 checkpoint_interval_s=self.recipe.checkpoint_interval_s, measure=measure)
@@ -560,7 +576,7 @@ class ModelStore:
                     "prune_curve": log.prune_curve, "stopped": log.stopped,
                     "budget": _budget_record(pol, metrics)}
         self._write_version(rec["version"], state, carry_next, nonrec, manifest)
-        if promoted:
+        if promoted and is_primary():
             atomic_write_text(self.path / LATEST, _vname(rec["version"]) + "\n")
         return manifest
 
@@ -572,7 +588,7 @@ class ModelStore:
         m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
              "val_error": err(state, val["all"]),
              "test_error": None if test is None else self.metrics(
-                 state.params, state.aux, test.arrays)["test_error"],
+                 state.params, state.aux, test)["test_error"],
              "params": counts.active, "params_dense": counts.dense,
              "density": counts.active / max(counts.dense, 1),
              "dead_units": int(sum(d.inputs + d.outputs for d in dead.values())),
@@ -587,15 +603,17 @@ class ModelStore:
             m.update(params_nonrecoverable=gpjax.count_params(nonrec.masks).active,
                      val_error_nonrecoverable=err(nonrec, val["all"]),
                      test_error_nonrecoverable=None if test is None else self.metrics(
-                         nonrec.params, nonrec.aux, test.arrays)["test_error"])
+                         nonrec.params, nonrec.aux, test)["test_error"])
         return m
 
     def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> None:
         final = self.path / VERSIONS / _vname(v)
         staging = self.path / VERSIONS / f".staging-{_vname(v)}"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
+        if is_primary():
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir()
+        sync("gpjax-store-staging")
         ckpt = RoundCheckpointer(staging / "checkpoint", config=self._ckpt_config(),
                                  max_to_keep=None, async_save=False)
         try:
@@ -604,6 +622,9 @@ class ModelStore:
                       {"has_nonrecoverable": nonrec is not None, "version": v})
         finally:
             ckpt.close()
+        sync("gpjax-store-saved")  # every process's shards are on disk
+        if not is_primary():
+            return
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if final.exists():  # a version dir left by a crash between rename and LATEST
             shutil.rmtree(final)
