@@ -40,9 +40,10 @@ import jax
 import numpy as np
 
 import gpjax
-from gpjax._files import atomic_write_text
+from gpjax._files import atomic_write_text, replace_dir
 from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
-from gpjax.incremental.checkpoint import RoundCheckpointer
+from gpjax.incremental import integrity
+from gpjax.incremental.checkpoint import CheckpointCorruptError, RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
 from gpjax.incremental.policies import Policy, make_policy, policy_to_dict
@@ -219,35 +220,107 @@ class ModelStore:
                       if p.name.isdigit() and (p / "manifest.json").exists())
 
     def latest(self) -> int | None:
-        """The version ``LATEST`` names (None before the first)."""
-        f = self.path / LATEST
-        return int(f.read_text().strip()) if f.exists() else None
+        """The version ``LATEST`` names (None before the first, or when it is unreadable)."""
+        try:
+            return int((self.path / LATEST).read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def manifest(self, version: int | None = None) -> dict:
-        """A version's manifest (default: LATEST)."""
+        """A version's manifest (default: LATEST).
+
+        Raises:
+          StoreError: no such version, or its manifest is damaged (the message says what to do).
+        """
         v = self._version(version)
-        return json.loads((self.path / VERSIONS / _vname(v) / "manifest.json").read_text())
+        check, manifest = integrity.check_version(self.path, self._vdir(v), files=False)
+        if manifest is None:
+            raise StoreError(self._damaged_message(check))
+        return manifest
 
     def history(self) -> list[dict]:
-        """Every version's manifest, oldest first, with ``latest`` marking LATEST's."""
+        """Every version's manifest, oldest first, with ``latest`` marking LATEST's; a damaged
+        version is ``{"version", "latest", "unreadable": "<file> (<why>)"}`` plus whatever of
+        its manifest is intact."""
         latest = self.latest()
-        return [{**self.manifest(v), "latest": v == latest} for v in self.versions()]
+        out = []
+        for v in self.versions():
+            check, manifest = integrity.check_version(self.path, self._vdir(v))
+            row = {**{k: x for k, x in (manifest or {}).items() if k != "integrity"},
+                   "version": v, "latest": v == latest}
+            out.append(row if check.healthy else {**row, "unreadable": check.describe()})
+        return out
+
+    def verify(self, version: int | None = None) -> integrity.VerifyResult:
+        """Checks every version (or one) against the digests recorded when it was written.
+
+        Args:
+          version: one version to check (default: all).
+
+        Returns:
+          A :class:`~gpjax.incremental.integrity.VerifyResult` (``.ok``, ``.damaged``).
+        """
+        dirs = sorted(p for p in (self.path / VERSIONS).iterdir() if p.name.isdigit())
+        problems = ()
+        if version is not None:
+            dirs = [d for d in dirs if int(d.name) == int(version)]
+            if not dirs:
+                self._version(version)  # the "no such version" message
+        elif self.versions() and self.latest() not in self.versions():
+            problems = (str(self._no_latest(self.versions())),)
+        return integrity.VerifyResult(
+            self.path, tuple(integrity.check_version(self.path, d)[0] for d in dirs), problems)
+
+    def _vdir(self, v: int) -> Path:
+        return self.path / VERSIONS / _vname(v)
+
+    def _healthy(self, v: int) -> int:
+        """``v`` when its files are intact; else a StoreError naming the file and the fix."""
+        check, _ = integrity.check_version(self.path, self._vdir(v))
+        if not check.healthy:
+            raise StoreError(self._damaged_message(check))
+        return v
+
+    def _damaged_message(self, check: integrity.VersionCheck) -> str:
+        others = [c for c in self.verify().versions if c.healthy and c.version != check.version]
+        p = self.path
+        fix = ("Fix: restore the store from a backup (no healthy version is left)" if not others
+               else f"Fix: make the last healthy version LATEST with `gpjax promote {p} "
+                    f"--version {others[-1].version}`, or update from it with `gpjax update "
+                    f"{p} --from {others[-1].version} --data ...`")
+        return (f"version {check.version} of {p} is damaged: {check.describe()}; "
+                f"`gpjax verify {p}` lists every damaged file. {fix}")
+
+    def _no_latest(self, have: list[int]) -> StoreError:
+        f = self.path / LATEST
+        if not have:
+            return StoreError(f"{self.path} has no version yet; make one with `gpjax init`")
+        try:
+            what = f"names version {int(f.read_text().strip())}, which the store does not hold"
+        except FileNotFoundError:
+            what = "is missing"
+        except (OSError, ValueError) as e:
+            what = f"cannot be read ({getattr(e, 'strerror', None) or e})"
+        return StoreError(f"{f} {what}; the store holds versions {', '.join(map(str, have))}. "
+                          f"Fix: choose the one to use with `gpjax promote {self.path} --version "
+                          f"N` (`gpjax history {self.path}` lists them)")
 
     def _version(self, version: int | None) -> int:
         have = self.versions()
         if version is None:
             version = self.latest()
-            if version is None:
-                raise StoreError(f"{self.path} has no version yet; make one with `gpjax init`")
+            if version is None or int(version) not in have:
+                raise self._no_latest(have)
         if int(version) not in have:
             raise StoreError(f"{self.path} has no version {version}; it has "
                              f"{', '.join(map(str, have)) or 'none'} (`gpjax history`)")
         return int(version)
 
     def promote(self, version: int) -> None:
-        """Points ``LATEST`` at ``version`` (roll back or forward)."""
+        """Points ``LATEST`` at ``version`` (roll back or forward); a damaged one is refused."""
         with DirectoryLock(self.path, what="model store command"):
-            atomic_write_text(self.path / LATEST, _vname(self._version(version)) + "\n")
+            v = self._healthy(self._version(version))
+            atomic_write_text(self.path / LATEST, _vname(v) + "\n")
 
     # ------------------------------------------------------------------------- load
     def _template(self) -> dict:
@@ -258,16 +331,25 @@ class ModelStore:
         return {"state": st, "carry": m, "nonrecoverable": m}
 
     def _restore(self, v: int) -> tuple[dict, dict]:
-        ckpt = RoundCheckpointer(self.path / VERSIONS / _vname(v) / "checkpoint",
-                                 config=self._ckpt_config(), async_save=False)
+        ckpt = RoundCheckpointer(self._vdir(v) / "checkpoint", config=self._ckpt_config(),
+                                 async_save=False)
         try:
             return ckpt.restore(0, self._template())
+        except (CheckpointCorruptError, FileNotFoundError) as e:  # a store without digests
+            first = str(e).splitlines()[0][:300]
+            check = integrity.VersionCheck(v, integrity.DAMAGED, (integrity.Damage(
+                f"{VERSIONS}/{_vname(v)}/checkpoint", first),))
+            raise StoreError(self._damaged_message(check)) from None
         finally:
             ckpt.close()
 
     def load(self, version: int | None = None) -> LoadedModel:
-        """A version's models (default: LATEST)."""
-        v = self._version(version)
+        """A version's models (default: LATEST).
+
+        Raises:
+          StoreError: no such version, or it is damaged (the message names the file and fix).
+        """
+        v = self._healthy(self._version(version))
         tree, meta = self._restore(v)
         st = tree["state"]
         nonrec = tree["nonrecoverable"] if meta.get("has_nonrecoverable") else None
@@ -342,6 +424,9 @@ class ModelStore:
     def init(self, data, *, validation=None, test=None, resume: bool = False,
              progress: bool = True) -> dict:
         """The first version: round 0 of the policy on ``data``. Returns its manifest."""
+        done = self._finish_work()
+        if done is not None and resume:
+            return done
         if self.versions():
             raise StoreError(f"{self.path} already has versions; add data with `gpjax update`")
         if not resume and (self.path / WORK).exists():
@@ -351,8 +436,10 @@ class ModelStore:
 
     def update(self, new_data, *, old: Sequence | None = None, validation=None, test=None,
                max_forgetting: float | None = None, resume: bool = False,
-               progress: bool = True, policy: str | None = None) -> dict:
-        """A new version from the LATEST one and ``new_data`` plus every earlier example.
+               progress: bool = True, policy: str | None = None,
+               parent: int | None = None) -> dict:
+        """A new version from the LATEST one (or ``parent``) and ``new_data`` plus every
+        earlier example.
 
         Args:
           new_data: the new examples (an ``.npz`` path, ``tfds:NAME`` or ``(x, y)``).
@@ -363,14 +450,19 @@ class ModelStore:
             version is kept but ``LATEST`` stays where it was.
           resume: continue an interrupted update from its checkpoints in ``work/``.
           policy: this update's policy instead of the store's (e.g. "tfs").
+          parent: the version to update from (default: LATEST), e.g. the last healthy one.
 
         Returns:
           The new version's manifest (``promoted`` says whether LATEST moved).
         """
         if not self.versions():
             raise StoreError(f"{self.path} has no version yet; make the first with `gpjax init`")
+        done = self._finish_work()
+        if done is not None and resume:
+            return done
         return self._make(new_data, validation, test, old=old, resume=resume,
-                          progress=progress, max_forgetting=max_forgetting, policy=policy)
+                          progress=progress, max_forgetting=max_forgetting, policy=policy,
+                          parent=parent)
 
     def _policy(self, name: str | None) -> Policy:
         if name is None or name == self.spec["policy"]:
@@ -381,10 +473,10 @@ class ModelStore:
         return {"store": {k: self.spec[k] for k in ("model", "task", "recipe")}}
 
     def _make(self, data, validation, test, *, old, resume, progress, max_forgetting=None,
-              policy=None) -> dict:
+              policy=None, parent=None) -> dict:
         t_start = time.time()
         with DirectoryLock(self.path, what="model store command"):
-            job = self._prepare(data, validation, test, old, policy)
+            job = self._prepare(data, validation, test, old, policy, parent)
             work = self.path / WORK
             if work.exists() and not resume:
                 raise StoreError(f"{work} holds an interrupted update; continue it with "
@@ -395,14 +487,47 @@ class ModelStore:
                     raise StoreError(f"the interrupted update in {work} was for other data or "
                                      "settings; rerun it with the same command, or delete "
                                      f"{work}")
-            atomic_write_text(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
-            work.mkdir(exist_ok=True)
-            atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
-            manifest = self._run(job, work, progress, t_start, max_forgetting)
-            shutil.rmtree(work)
+            fresh = not work.exists()
+            try:
+                atomic_write_text(self.path / STORE_FILE, json.dumps(self.spec, indent=1) + "\n")
+                work.mkdir(exist_ok=True)
+                atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
+                return self._run(job, work, progress, t_start, max_forgetting)
+            except BaseException:
+                if fresh:
+                    _drop_unstarted(work)
+                raise
+
+    def _finish_work(self) -> dict | None:
+        """Completes an update killed after its version was written, before ``LATEST`` moved
+        or ``work/`` was removed. Returns that version's manifest (None: nothing to finish)."""
+        job = self.path / WORK / "job.json"
+        if not job.exists():
+            return None
+        with DirectoryLock(self.path, what="model store command"):
+            try:
+                v = int(json.loads(job.read_text())["version"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if v not in self.versions():
+                return None
+            check, manifest = integrity.check_version(self.path, self._vdir(v))
+            if not check.healthy or manifest is None:
+                return None
+            self._publish(v, manifest)
             return manifest
 
-    def _prepare(self, data, validation, test, old, policy) -> dict:
+    def _publish(self, v: int, manifest: dict) -> None:
+        """After version ``v`` is in place: ``LATEST`` moves to it (if promoted), ``work/``
+        goes."""
+        if manifest.get("promoted", True):
+            atomic_write_text(self.path / LATEST, _vname(v) + "\n")
+        shutil.rmtree(self.path / WORK)
+        # What killed writers left: temporary files of atomic writes, unfinished versions.
+        for p in [*self.path.glob(".*.tmp*"), *(self.path / VERSIONS).glob(".staging-*")]:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def _prepare(self, data, validation, test, old, policy, parent_version=None) -> dict:
         """Reads and checks every input before anything is written."""
         first = not self.versions()
         if first:
@@ -410,7 +535,7 @@ class ModelStore:
             self._fix_shapes(new)
         else:
             new = self._read(data)
-        parent = None if first else self.manifest(self.latest())
+        parent = None if first else self.manifest(self._healthy(self._version(parent_version)))
         version = 0 if first else max(self.versions()) + 1
         files = [] if first else self._old_files(parent, old)
         files.append((new, self._entry(new, "train", version)))
@@ -520,9 +645,8 @@ class ModelStore:
                     "start": plan.start, "metrics": metrics, "promoted": promoted,
                     "max_forgetting": max_forgetting,
                     "prune_curve": log.prune_curve, "stopped": log.stopped}
-        self._write_version(rec["version"], state, carry_next, nonrec, manifest)
-        if promoted:
-            atomic_write_text(self.path / LATEST, _vname(rec["version"]) + "\n")
+        manifest = self._write_version(rec["version"], state, carry_next, nonrec, manifest)
+        self._publish(rec["version"], manifest)
         return manifest
 
     def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
@@ -551,8 +675,11 @@ class ModelStore:
                          nonrec.params, nonrec.aux, test.arrays)["test_error"])
         return m
 
-    def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> None:
-        final = self.path / VERSIONS / _vname(v)
+    def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> dict:
+        """Writes version ``v`` to a hidden folder (checkpoint, then the manifest with the
+        digest of every checkpoint file, then the manifest's digest) and renames it into place.
+        Returns the manifest written."""
+        final = self._vdir(v)
         staging = self.path / VERSIONS / f".staging-{_vname(v)}"
         if staging.exists():
             shutil.rmtree(staging)
@@ -565,10 +692,26 @@ class ModelStore:
                       {"has_nonrecoverable": nonrec is not None, "version": v})
         finally:
             ckpt.close()
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if final.exists():  # a version dir left by a crash between rename and LATEST
+        manifest = {**manifest, "integrity": integrity.record(staging)}
+        text = json.dumps(manifest, indent=1) + "\n"
+        atomic_write_text(staging / integrity.MANIFEST, text)
+        atomic_write_text(staging / integrity.MANIFEST_DIGEST, integrity.manifest_digest(text))
+        if final.exists():  # a damaged version folder left by older versions of gpjax
             shutil.rmtree(final)
-        os.replace(staging, final)
+        replace_dir(staging, final)
+        return manifest
+
+
+def _drop_unstarted(work: Path) -> None:
+    """Removes ``work/`` of a command that failed before its first complete checkpoint (a
+    refusal or a fault leaves nothing behind); one with a checkpoint stays for ``--resume``."""
+    ckpts = work / "checkpoints"
+    try:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+    except OSError:
+        return
+    shutil.rmtree(work, ignore_errors=True)
 
 
 __all__ = ["LoadedModel", "ModelStore", "Recipe", "StoreError"]
