@@ -478,6 +478,9 @@ class ModelStore:
         with DirectoryLock(self.path, what="model store command"):
             job = self._prepare(data, validation, test, old, policy, parent)
             work = self.path / WORK
+            if resume and not work.exists() and _same_new_data(job["parent"], job["record"]):
+                _sweep(self.path)
+                return job["parent"]  # the update to resume finished (its work/ is gone)
             if work.exists() and not resume:
                 raise StoreError(f"{work} holds an interrupted update; continue it with "
                                  "--resume, or delete that folder to drop it")
@@ -502,11 +505,14 @@ class ModelStore:
         """Completes an update killed after its version was written, before ``LATEST`` moved
         or ``work/`` was removed. Returns that version's manifest (None: nothing to finish)."""
         job = self.path / WORK / "job.json"
-        if not job.exists():
+        if not job.parent.exists():
             return None
         with DirectoryLock(self.path, what="model store command"):
             try:
                 v = int(json.loads(job.read_text())["version"])
+            except FileNotFoundError:  # what a removal of work/ stopped midway left
+                shutil.rmtree(job.parent)
+                return None
             except (OSError, ValueError, KeyError, TypeError):
                 return None
             if v not in self.versions():
@@ -522,10 +528,15 @@ class ModelStore:
         goes."""
         if manifest.get("promoted", True):
             atomic_write_text(self.path / LATEST, _vname(v) + "\n")
-        shutil.rmtree(self.path / WORK)
-        # What killed writers left: temporary files of atomic writes, unfinished versions.
-        for p in [*self.path.glob(".*.tmp*"), *(self.path / VERSIONS).glob(".staging-*")]:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        # Cleaning up, which may fail without harm: a work/ left is finished by the next
+        # writer (_finish_work). Renamed first: a removal stopped midway never leaves a work/
+        # without its job.json. Then what stopped writers left: temporary files of atomic
+        # writes, unfinished versions, finished work folders.
+        try:
+            replace_dir(self.path / WORK, self.path / f".{WORK}-done-{os.getpid()}")
+        except OSError:
+            pass
+        _sweep(self.path)
 
     def _prepare(self, data, validation, test, old, policy, parent_version=None) -> dict:
         """Reads and checks every input before anything is written."""
@@ -700,6 +711,24 @@ class ModelStore:
             shutil.rmtree(final)
         replace_dir(staging, final)
         return manifest
+
+
+def _sweep(store: Path) -> None:
+    """Removes what stopped writers left (best effort): temporary files of atomic writes,
+    unfinished versions (``.staging-*``), finished work folders (``.work-done-*``)."""
+    for p in [*store.glob(".*.tmp*"), *store.glob(f".{WORK}-done-*"),
+              *(store / VERSIONS).glob(".staging-*")]:
+        try:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+
+
+def _same_new_data(made: dict | None, record: dict) -> bool:
+    """Whether version ``made`` was itself made from the new data of job ``record``."""
+    new = lambda m: sorted((e["sha256"], e["role"]) for e in m["data"]  # noqa: E731
+                           if e["added_in"] == m["version"])
+    return made is not None and new(made) == new(record)
 
 
 def _drop_unstarted(work: Path) -> None:
