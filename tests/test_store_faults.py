@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -384,13 +386,15 @@ def _outcome(command) -> str:
     return "done"
 
 
-def _kept(step: str) -> bool:
+def _kept(step: str, mode: str) -> bool:
     """The steps injected: every step of the store's own code; of Orbax's inside the
     checkpoint write (its temporary folders), only the rename that completes it (a fault
-    anywhere before it leaves the same unfinished staging folder). Not ``chmod``."""
-    if step.startswith("chmod"):
+    anywhere before it leaves the same unfinished staging folder). Not ``chmod``; nor, for a
+    kill, ``fsync`` (a kill there leaves on disk what a kill at the next step leaves)."""
+    if step.startswith("chmod") or (mode == "kill" and step.startswith("fsync")):
         return False
-    return ".orbax-checkpoint-tmp" not in step or step.endswith("/checkpoint/0")
+    return ".orbax-checkpoint-tmp" not in step or re.search(
+        r"^rename \S+\.orbax-checkpoint-tmp -> \S+/\d+$", step) is not None
 
 
 def test_each_step_of_writing_a_version_fails_or_dies(made, files, tmp_path):
@@ -398,10 +402,9 @@ def test_each_step_of_writing_a_version_fails_or_dies(made, files, tmp_path):
     kinds = {s.split(" ")[0] for s in steps}
     assert {"checkpoint", "mkdir", "write", "fsync", "replace", "rmtree"} <= kinds, steps
     assert any(s.endswith("/LATEST") for s in steps if s.startswith("replace"))
-    chosen = [(k, step) for k, step in enumerate(steps, 1) if _kept(step)]
-    assert len(chosen) >= 20, steps
+    assert len([s for s in steps if _kept(s, "fail")]) >= 20, steps
     for mode in ("fail", "kill"):
-        for k, step in chosen:
+        for k, step in [(k, s) for k, s in enumerate(steps, 1) if _kept(s, mode)]:
             label = f"{mode} at step {k}: {step}"
             s = _reuse(made["two"], shutil.copytree(made["pending"].path,
                                                      tmp_path / f"{mode}{k}"))
@@ -470,3 +473,75 @@ def test_real_sigkill_between_version_and_latest(made, files, tmp_path):
     s = _reuse(made["two"], d)
     assert s.versions() == [0, 1, 2] and s.latest() == 1 and (d / "work").exists()
     _after_fault(s, made, files, "real SIGKILL before LATEST")
+
+
+# ----------------------------------------------------------------------------- gpjax run
+
+RUN_TIMING = {"wall_time_s", "eval_time_s"}
+
+
+@pytest.fixture(scope="module")
+def run_made(tmp_path_factory):
+    """A 2-round tiny run stopped at the end of its last round, before its round-end writes
+    (models, the round's "done" checkpoint, results.json); and the rows resuming it gives."""
+    from gpjax.incremental import build, get_config, make_policy, run
+    from gpjax.incremental.loop import _Run
+    cfg = dataclasses.replace(get_config("lenet300_mnist_tiny"), rounds=2, checkpoint_every=0,
+                              prune_checkpoint_every=0)
+    exp = build(cfg, 0)
+    pol = make_policy("tfs", cfg.policies["tfs"])
+    root = tmp_path_factory.mktemp("runs")
+    real = _Run.save_models
+
+    def stop_in_round_1(self, r, *a, **k):
+        if r == 1:
+            raise _Stop
+        return real(self, r, *a, **k)
+
+    with mock.patch.object(_Run, "save_models", stop_in_round_1), pytest.raises(_Stop):
+        run(exp, pol, 0, root / "pending", progress=False, release_compiled_at=None)
+    shutil.copytree(root / "pending", root / "ref")
+    rows = run(exp, pol, 0, root / "ref", resume=True, progress=False, release_compiled_at=None)
+    return {"exp": exp, "policy": pol, "root": root, "rows": rows,
+            "dir": lambda out: Path(out) / "tfs-seed0"}
+
+
+RUN_STEPS_IN = "save_models", "save", "write_rows"
+
+
+def test_each_round_end_write_of_a_run_fails_or_dies(run_made, tmp_path):
+    """Each step of a run's round-end writes fails (ENOSPC) or is where the run dies; the
+    files left are readable (results.json whole, round 0's models and results intact) and
+    ``--resume`` gives the rows of an uninterrupted run."""
+    from gpjax.incremental import run
+    from gpjax.incremental.loop import _Run, load_round_models
+    from gpjax.report import load_rows
+
+    def resume(out):
+        return run(run_made["exp"], run_made["policy"], 0, out, resume=True, progress=False,
+                   release_compiled_at=None)
+
+    arm = [(_Run, name) for name in RUN_STEPS_IN]
+    rec = shutil.copytree(run_made["root"] / "pending", tmp_path / "record")
+    with Disk(root=rec).installed(arm) as disk:
+        resume(rec)
+    steps = disk.steps
+    assert any(s.startswith("replace") and s.endswith("/results.json") for s in steps), steps
+    want = [{k: v for k, v in r.items() if k not in RUN_TIMING} for r in run_made["rows"]]
+    for mode in ("fail", "kill"):
+        for k, step in [(k, s) for k, s in enumerate(steps, 1) if _kept(s, mode)]:
+            label = f"{mode} at step {k}: {step}"
+            out = shutil.copytree(run_made["root"] / "pending", tmp_path / f"{mode}{k}")
+            d = run_made["dir"](out)
+            with Disk(k, mode, root=out).installed(arm):
+                outcome = _outcome(lambda out=out: resume(out))
+            assert outcome in ("killed" if mode == "kill" else "ENOSPC", "done"), label
+            old = load_rows(d, on_error="raise")  # whole: round 0's rows, or both rounds'
+            assert [r["round"] for r in old] in ([0], [0, 1]), label
+            assert load_round_models(d, 0)["round"] == 0, label
+            rows = resume(out)
+            assert [{k_: v for k_, v in r.items() if k_ not in RUN_TIMING} for r in rows] \
+                == want, label
+            assert [r["round"] for r in load_rows(d, on_error="raise")] == [0, 1], label
+            assert load_round_models(d, 1)["round"] == 1, label
+            shutil.rmtree(out)
