@@ -545,3 +545,40 @@ def test_each_round_end_write_of_a_run_fails_or_dies(run_made, tmp_path):
             assert [r["round"] for r in load_rows(d, on_error="raise")] == [0, 1], label
             assert load_round_models(d, 1)["round"] == 1, label
             shutil.rmtree(out)
+
+
+ORBAX_ENOSPC = ('RESOURCE_EXHAUSTED: Error writing local file "{}/x/d/0a1b": No space left on '
+                'device [OS error 28]')
+
+
+@pytest.mark.parametrize("command", ["run", "export", "update"])
+def test_cli_front_door_maps_wrapped_disk_faults(command, made, files, tmp_path, capsys):
+    """A disk fault wrapped in a library's error, raised where each command writes: one line
+    with the path and the fix, exit 2, no traceback."""
+    out = tmp_path / "out"
+
+    def fail(*a, **k):
+        try:
+            raise ValueError(ORBAX_ENOSPC.format(out))
+        except ValueError as e:
+            raise RuntimeError("orbax save failed") from e
+
+    if command == "run":
+        argv = ["run", "--config", "lenet300_mnist_tiny", "--policy", "tfs", "--out", str(out),
+                "--no-progress"]
+        patches = [mock.patch("gpjax.incremental.experiment.build", lambda *a: None),
+                   mock.patch("gpjax.incremental.loop.run", fail)]
+    elif command == "export":
+        argv = ["export", str(made["two"].path), "--out", str(out)]
+        patches = [mock.patch("gpjax.export.export_from_state", fail)]
+    else:
+        argv = ["update", str(made["two"].path), "--data", str(files / "part2.npz")]
+        patches = [mock.patch.object(ModelStore, "update", fail)]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpjax: error: no space left on device: ") and err.count("\n") == 1
+    assert f"{out}/x/d/0a1b" in err and "free space" in err and "Traceback" not in err, err
+    assert ("--resume" in err) == (command == "run"), err
