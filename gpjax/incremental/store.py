@@ -6,7 +6,9 @@ Layout of a store directory::
       store.json          what the model is: spec, task, policy and its config, the recipe
       LATEST              the version users get by default (written atomically)
       versions/0000/      manifest.json + checkpoint/ (Orbax: the training state, the model the
-      versions/0001/        next update starts from, the non-recoverable model)
+      versions/0001/        next update starts from, the non-recoverable model) +
+                            manifest.sha256 (the manifest's digest; the manifest holds every
+                            checkpoint file's: :mod:`gpjax.incremental.integrity`)
       work/               an update in progress (its checkpoints); gone when it finishes
       .gpjax.lock         held while a command writes (one writer at a time)
 
@@ -22,7 +24,16 @@ given), so no update ever trains on an earlier version's validation examples.
 Nothing is lost: an update writes its version to a hidden folder and renames it into
 ``versions/`` when complete, then moves ``LATEST``; a crash leaves the store as it was, and
 ``update(..., resume=True)`` continues the interrupted update from its last checkpoint in
-``work/``, giving the same version as an uninterrupted run (time fields aside).
+``work/``, giving the same version as an uninterrupted run (time fields aside). A command
+stopped after the version folder's rename (before ``LATEST`` moved or ``work/`` went) is
+finished by the next writer.
+
+Damage is found before it breaks anything: :meth:`ModelStore.verify` checks every version's
+files against the digests recorded when it was written; ``history`` marks a damaged version
+``unreadable``, and loading, evaluating, promoting or updating from one is refused with a
+:class:`StoreError` naming the file and the fix (``promote`` the last healthy version, or
+``update(..., parent=N)``). A missing or dangling ``LATEST`` is named with the versions
+present.
 """
 
 from __future__ import annotations
