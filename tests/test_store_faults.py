@@ -320,6 +320,11 @@ def test_latest_missing_or_dangling_is_one_line(made, tmp_path, files, capsys):
     assert cli.main(["history", str(s.path)]) == 0
     assert cli.main(["promote", str(s.path), "--version", "1"]) == 0
     assert s.latest() == 1 and s.verify().ok
+    spec = s.path / "store.json"
+    spec.write_text(spec.read_text()[:40])
+    assert cli.main(["history", str(s.path)]) == 2
+    err = capsys.readouterr().err
+    assert "store.json is damaged" in err and "backup" in err and err.count("\n") == 1
 
 
 def test_old_store_without_digests_opens_and_reports(made, tmp_path, files, capsys):

@@ -219,6 +219,10 @@ class ModelStore:
             spec = json.loads(f.read_text())
             assert spec.get("format") == FORMAT
         except (OSError, ValueError, AssertionError):
+            if f.exists() and (path / VERSIONS).is_dir():
+                raise StoreError(f"{f} is damaged (not a readable store description); its "
+                                 "versions are untouched. Fix: restore that file from a backup "
+                                 "of the store") from None
             raise StoreError(f"{path} is not a gpjax model store (no readable {STORE_FILE}); "
                              "make one with `gpjax init`") from None
         return cls(path, spec)
