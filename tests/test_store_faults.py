@@ -44,7 +44,7 @@ from gpjax.incremental import integrity
 from gpjax.incremental.checkpoint import RoundCheckpointer
 from gpjax.incremental.store import ModelStore, Recipe, StoreError
 
-N = 300  # examples per part
+N = 1000  # examples per part; with width 32, the shapes of test_store's (compiled programs shared)
 # No non-recoverable model: a resumed update is then restore, evaluate and write (fast).
 QUICK = {**{k: v for k, v in POLICY.items() if not k.startswith("nonrecoverable")},
          "nonrecoverable": "none"}
@@ -167,7 +167,7 @@ def made(files, tmp_path_factory):
     is done and checkpointed in ``work/`` but whose version is not written. ``expected``: the
     version 2 that resuming ``pending`` gives."""
     root = tmp_path_factory.mktemp("faults")
-    s = ModelStore.create(root / "two", model="usermodels:TinyMLP", model_kwargs={"width": 16},
+    s = ModelStore.create(root / "two", model="usermodels:TinyMLP", model_kwargs={"width": 32},
                           policy_overrides=QUICK, search_path=files,
                           recipe=Recipe(batch_size=64, checkpoint_every=0,
                                         prune_checkpoint_every=0))
