@@ -6,12 +6,13 @@ marks it, the others refuse it in one line naming the file and the fix, writing 
 ``LATEST`` missing or dangling is one line listing the versions; out of space, permissions and
 read-only file systems are one line (exit 2), also when wrapped in Orbax/TensorStore errors.
 
-Fault injection: each filesystem step of writing a version (the Orbax checkpoint, every
-directory made, file opened for writing, fsync, rename, the ``LATEST`` swap, removing
-``work/``) in turn fails with ENOSPC, or is where the process dies. A death is simulated in the
-process: from the step on, every filesystem call of the store's code raises again without
-touching the disk, so cleanup handlers change nothing (the disk holds exactly what a SIGKILL
-would leave); one real SIGKILL in a subprocess checks the simulation. After each: ``verify``
+Fault injection: each filesystem step of writing a version (the Orbax checkpoint as a whole and
+the rename that completes it, every directory made, file opened for writing, fsync, rename, the
+``LATEST`` swap, removing ``work/``) in turn fails with ENOSPC, or is where the process dies.
+A death is simulated in the process (a subprocess per step would cost seconds of imports each):
+from the step on, every patched filesystem call (``os.*``, ``shutil.rmtree``, the project's
+``open``) raises again without touching the disk, so no cleanup handler changes anything and
+the disk holds what a SIGKILL there would leave; one real SIGKILL in a subprocess checks it. After each: ``verify``
 passes, ``LATEST`` names a complete version, and the next command (``--resume``) gives the
 version an uninterrupted update gives. The same for ``gpjax run``'s round-end writes (models,
 the round checkpoint, ``results.json``).
