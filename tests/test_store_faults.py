@@ -12,9 +12,9 @@ the rename that completes it, every directory made, file opened for writing, fsy
 A death is simulated in the process (a subprocess per step would cost seconds of imports each):
 from the step on, every patched filesystem call (``os.*``, ``shutil.rmtree``, the project's
 ``open``) raises again without touching the disk, so no cleanup handler changes anything and
-the disk holds what a SIGKILL there would leave; one real SIGKILL in a subprocess checks it. After each: ``verify``
-passes, ``LATEST`` names a complete version, and the next command (``--resume``) gives the
-version an uninterrupted update gives. The same for ``gpjax run``'s round-end writes (models,
+the disk holds what a SIGKILL there would leave; one real SIGKILL in a subprocess checks it.
+After each: ``verify`` passes, ``LATEST`` names a complete version, and the next command
+(``--resume``) gives the version an uninterrupted update gives. The same for ``gpjax run``'s round-end writes (models,
 the round checkpoint, ``results.json``).
 """
 
