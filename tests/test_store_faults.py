@@ -14,8 +14,8 @@ from the step on, every patched filesystem call (``os.*``, ``shutil.rmtree``, th
 ``open``) raises again without touching the disk, so no cleanup handler changes anything and
 the disk holds what a SIGKILL there would leave; one real SIGKILL in a subprocess checks it.
 After each: ``verify`` passes, ``LATEST`` names a complete version, and the next command
-(``--resume``) gives the version an uninterrupted update gives. The same for ``gpjax run``'s round-end writes (models,
-the round checkpoint, ``results.json``).
+(``--resume``) gives the version an uninterrupted update gives. The same for ``gpjax run``'s
+round-end writes (models, the round checkpoint, ``results.json``).
 """
 
 from __future__ import annotations
