@@ -11,6 +11,7 @@ does the same for matplotlib figures.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -59,7 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically, fsynced before the rename (:func:`atomic_write`)."""
+    """Writes ``text`` to ``path`` atomically, fsynced before the rename (:func:`atomic_write`);
+    the directory is fsynced after it, so the rename itself survives a power loss."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -68,6 +70,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+    fsync_dir(Path(path).parent)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flushes a directory's entries (renames, new files) to disk; a no-op where directories
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF):  # file systems without directory fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Renames the directory ``src`` to ``dst`` (atomic on one file system) and makes the
+    rename durable (:func:`fsync_dir` of the parent)."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
 
 
 def pyplot() -> Any:

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpjax._cli_common import UsageError
+from gpjax._cli_common import UsageError, disk_fault, disk_fault_message
 from gpjax.cli_export import add_export_parser
 from gpjax.cli_store import add_parsers
 from gpjax.distributed import add_process_args, initialize, process_config
@@ -435,6 +435,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gpjax: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # out of space, permissions, read-only: one line, not a traceback
+        fault = disk_fault(e)
+        if fault is None or args.debug:
+            raise
+        print(f"gpjax: error: {disk_fault_message(fault, *_fault_context(args))}",
+              file=sys.stderr)
+        return 2
+
+
+def _fault_context(args: argparse.Namespace) -> tuple[str, str]:
+    """The directory a command writes and how to continue it after a disk fault."""
+    if args.command == "run":
+        return str(args.out), "rerun the same command with --resume"
+    where = str(getattr(args, "store", None) or getattr(args, "source", "."))
+    if args.command in ("init", "update"):
+        if (Path(where) / "work").exists():
+            return where, "rerun the same command with --resume"
+        return where, "rerun the same command"
+    if args.command == "export":
+        return str(args.out), "rerun the same command"
+    return where, "rerun the same command"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -10,6 +10,8 @@ Examples::
     gpjax history store/            # a table of versions (--json for the manifests)
     gpjax evaluate store/ --data test.npz --version 1
     gpjax promote store/ --version 1  # roll LATEST back (or forward)
+    gpjax verify store/             # every version's files against their recorded digests
+    gpjax update store/ --data part3.npz --from 1   # update from another version than LATEST
     gpjax plot store/               # error, parameters and cost per version (PNG)
 
 Data files are ``.npz`` with arrays ``x`` (float ``[N, ...]``) and ``y`` (integer labels
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from gpjax._cli_common import UsageError, json_object, table
+from gpjax._cli_common import UsageError, disk_fault, json_object, table
 from gpjax.distributed import add_process_args, is_primary
 from gpjax.incremental.policies import POLICIES
 
@@ -78,28 +81,39 @@ def _print_version(store, manifest: dict) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from gpjax.incremental.store import WORK, ModelStore
-    if args.resume:
-        store = ModelStore.open(args.store)
-    elif args.model is None:
-        raise UsageError("init needs --model NAME|module:Class")
-    else:
-        recipe_over, policy_over = _sets(args.set)
-        existed = Path(args.store).exists()
-        store = ModelStore.create(args.store, model=args.model, model_kwargs=args.model_kwargs,
-                                  policy=args.policy, policy_overrides=policy_over,
-                                  recipe=_recipe(recipe_over))
+    path = Path(args.store).expanduser().absolute()
+    existed = path.exists()
+    fresh = not existed or (path.is_dir() and not any(path.iterdir()))
     try:
+        if args.resume:
+            store = ModelStore.open(path)
+        elif args.model is None:
+            raise UsageError("init needs --model NAME|module:Class")
+        else:
+            recipe_over, policy_over = _sets(args.set)
+            store = ModelStore.create(path, model=args.model, model_kwargs=args.model_kwargs,
+                                      policy=args.policy, policy_overrides=policy_over,
+                                      recipe=_recipe(recipe_over))
         manifest = store.init(args.data, validation=args.validation, test=args.test,
                               progress=not args.no_progress, resume=args.resume)
-    except ValueError:
-        # Refused input: nothing trained, so leave no half-made store behind.
-        if not args.resume and not (store.path / WORK).exists() and is_primary():
-            import shutil
-            for p in store.path.iterdir() if existed else [store.path]:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    except Exception as e:
+        # Refused input or a disk fault before anything trained: no half-made store is left.
+        if (fresh and not args.resume and (isinstance(e, ValueError) or disk_fault(e))
+                and not (path / WORK).exists() and is_primary()):
+            _remove_new(path, existed)
         raise
     _print_version(store, manifest)
     return 0
+
+
+def _remove_new(path: Path, existed: bool) -> None:
+    """Removes what a failed ``init`` made: ``path`` itself, or its contents if it existed."""
+    import shutil
+    try:
+        for p in path.iterdir() if existed else [path]:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+    except OSError:
+        pass
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -115,7 +129,8 @@ def cmd_update(args: argparse.Namespace) -> int:
                             max_forgetting=args.max_forgetting, resume=args.resume,
                             progress=not args.no_progress, policy=args.policy,
                             policy_overrides=policy_over,
-                            budget=Budget(args.target_params, args.max_epochs))
+                            budget=Budget(args.target_params, args.max_epochs),
+                            parent=args.from_version)
     _print_version(store, manifest)
     budget = manifest.get("budget", {})
     if budget.get("target_met") is False:
@@ -128,8 +143,40 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from gpjax.incremental.store import ModelStore
     hist = ModelStore.open(args.store).history()
-    print(json.dumps(hist, indent=1) if args.json else table(hist, VERSION_COLUMNS))
+    if args.json:
+        print(json.dumps(hist, indent=1))
+        return 0
+    print(table(hist, VERSION_COLUMNS + [("unreadable", "unreadable", "{}")]
+                if any("unreadable" in h for h in hist) else VERSION_COLUMNS))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gpjax.incremental.integrity import DAMAGED, NO_DIGESTS
+    from gpjax.incremental.store import ModelStore
+    store = ModelStore.open(args.store)
+    res = store.verify(args.version)
+    for c in res.versions:
+        if c.status == NO_DIGESTS:
+            print(f"version {c.version}: no digests (written before gpjax recorded them): "
+                  "not checked, not known to be damaged")
+        elif c.status == DAMAGED:
+            for d in c.damage:
+                print(f"version {c.version}: DAMAGED {d.file}: {d.reason}")
+        else:
+            print(f"version {c.version}: ok ({c.files} files match their digests)")
+    for p in res.problems:
+        print(p)
+    if res.ok:
+        return 0
+    if res.damaged:
+        healthy = [c.version for c in res.versions if c.healthy]
+        names = ", ".join(str(c.version) for c in res.damaged)
+        fix = (f"make a healthy version LATEST with `gpjax promote {store.path} --version "
+               f"{healthy[-1]}`, or update from it with `gpjax update {store.path} --from "
+               f"{healthy[-1]} --data ...`" if healthy else "restore the store from a backup")
+        print(f"damaged version(s): {names}. Fix: {fix}", file=sys.stderr)
+    return 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -155,7 +202,7 @@ def plot_store(path: str | Path, out: str | Path | None = None) -> list[Path]:
     from gpjax._files import pyplot, save_figure
     from gpjax.incremental.store import ModelStore
     store = ModelStore.open(path)
-    hist = store.history()
+    hist = [h for h in store.history() if "unreadable" not in h]  # damaged versions: no data
     plt = pyplot()
     out = Path(out or store.path)
     v = [h["version"] for h in hist]
@@ -228,6 +275,8 @@ def add_parsers(sub, formatter) -> None:
     u.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a field of this update's policy (new_epochs, prune.tolerance, epochs "
                         "with --policy tfs), on top of the store's")
+    u.add_argument("--from", dest="from_version", type=int, default=None, metavar="N",
+                   help="update from version N instead of LATEST (e.g. the last healthy one)")
     u.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
                    help="keep but do not promote a version whose old-data error rose more")
     u.add_argument("--target-params", type=int, default=None, metavar="N",
@@ -258,3 +307,9 @@ def add_parsers(sub, formatter) -> None:
     p.add_argument("store")
     p.add_argument("--version", type=int, required=True)
     p.set_defaults(func=cmd_promote)
+
+    v = command("verify", "check every version's files against the digests recorded when "
+                "it was written", "gpjax verify store/ --version 1")
+    v.add_argument("store")
+    v.add_argument("--version", type=int, default=None, help="one version (default: all)")
+    v.set_defaults(func=cmd_verify)

@@ -58,7 +58,7 @@ class TinyMLP(nn.Module):
 POLICY = {"first_epochs": "3", "new_epochs": "1", "all_epochs": "2", "grow_every": "1",
           "prune.max_iterations": "3", "prune.percentile": "20",
           "nonrecoverable.max_iterations": "2", "nonrecoverable.percentile": "30"}
-TIME = ("created", "wall_time_s", "wall_time_total_s")
+TIME = ("created", "wall_time_s", "wall_time_total_s", "integrity")  # digests: of timed files
 
 
 @pytest.fixture(scope="module")

@@ -268,8 +268,10 @@ class _Run:
                 ) from err
         row, nonrec = self.finish_round(r, rd, state, log, test, data, plan)
         self.rows.append(row)
-        self.save(state, carry_next, _Position(r, None, round_done=True))
+        # The round's models before its "done" checkpoint: a run stopped between them (a kill,
+        # a full disk) redoes the round's end on resume, so models/<r> is never left missing.
         self.save_models(r, state, nonrec, row)
+        self.save(state, carry_next, _Position(r, None, round_done=True))
         self.write_rows()
         if self.callback is not None:
             self.callback("round_end", r, state, carry_next)

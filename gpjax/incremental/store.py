@@ -6,7 +6,9 @@ Layout of a store directory::
       store.json          what the model is: spec, task, policy and its config, the recipe
       LATEST              the version users get by default (written atomically)
       versions/0000/      manifest.json + checkpoint/ (Orbax: the training state, the model the
-      versions/0001/        next update starts from, the non-recoverable model)
+      versions/0001/        next update starts from, the non-recoverable model) +
+                            manifest.sha256 (the manifest's digest; the manifest holds every
+                            checkpoint file's: :mod:`gpjax.incremental.integrity`)
       work/               an update in progress (its checkpoints); gone when it finishes
       .gpjax.lock         held while a command writes (one writer at a time)
 
@@ -22,7 +24,16 @@ given), so no update ever trains on an earlier version's validation examples.
 Nothing is lost: an update writes its version to a hidden folder and renames it into
 ``versions/`` when complete, then moves ``LATEST``; a crash leaves the store as it was, and
 ``update(..., resume=True)`` continues the interrupted update from its last checkpoint in
-``work/``, giving the same version as an uninterrupted run (time fields aside).
+``work/``, giving the same version as an uninterrupted run (time fields aside). A command
+stopped after the version folder's rename (before ``LATEST`` moved or ``work/`` went) is
+finished by the next writer.
+
+Damage is found before it breaks anything: :meth:`ModelStore.verify` checks every version's
+files against the digests recorded when it was written; ``history`` marks a damaged version
+``unreadable``, and loading, evaluating, promoting or updating from one is refused with a
+:class:`StoreError` naming the file and the fix (``promote`` the last healthy version, or
+``update(..., parent=N)``). A missing or dangling ``LATEST`` is named with the versions
+present.
 """
 
 from __future__ import annotations
@@ -40,10 +51,11 @@ import jax
 import numpy as np
 
 import gpjax
-from gpjax._files import atomic_write_text
+from gpjax._files import atomic_write_text, replace_dir
 from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
 from gpjax.distributed import DataMesh, is_primary, primary_lock, sync
-from gpjax.incremental.checkpoint import RoundCheckpointer
+from gpjax.incremental import integrity
+from gpjax.incremental.checkpoint import CheckpointCorruptError, RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
 from gpjax.incremental.policies import Budget, Policy, make_policy, policy_to_dict, with_budget
@@ -211,6 +223,10 @@ class ModelStore:
             spec = json.loads(f.read_text())
             assert spec.get("format") == FORMAT
         except (OSError, ValueError, AssertionError):
+            if f.exists() and (path / VERSIONS).is_dir():
+                raise StoreError(f"{f} is damaged (not a readable store description); its "
+                                 "versions are untouched. Fix: restore that file from a backup "
+                                 "of the store") from None
             raise StoreError(f"{path} is not a gpjax model store (no readable {STORE_FILE}); "
                              "make one with `gpjax init`") from None
         return cls(path, spec)
@@ -223,35 +239,107 @@ class ModelStore:
                       if p.name.isdigit() and (p / "manifest.json").exists())
 
     def latest(self) -> int | None:
-        """The version ``LATEST`` names (None before the first)."""
-        f = self.path / LATEST
-        return int(f.read_text().strip()) if f.exists() else None
+        """The version ``LATEST`` names (None before the first, or when it is unreadable)."""
+        try:
+            return int((self.path / LATEST).read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def manifest(self, version: int | None = None) -> dict:
-        """A version's manifest (default: LATEST)."""
+        """A version's manifest (default: LATEST).
+
+        Raises:
+          StoreError: no such version, or its manifest is damaged (the message says what to do).
+        """
         v = self._version(version)
-        return json.loads((self.path / VERSIONS / _vname(v) / "manifest.json").read_text())
+        check, manifest = integrity.check_version(self.path, self._vdir(v), files=False)
+        if manifest is None:
+            raise StoreError(self._damaged_message(check))
+        return manifest
 
     def history(self) -> list[dict]:
-        """Every version's manifest, oldest first, with ``latest`` marking LATEST's."""
+        """Every version's manifest, oldest first, with ``latest`` marking LATEST's; a damaged
+        version is ``{"version", "latest", "unreadable": "<file> (<why>)"}`` plus whatever of
+        its manifest is intact."""
         latest = self.latest()
-        return [{**self.manifest(v), "latest": v == latest} for v in self.versions()]
+        out = []
+        for v in self.versions():
+            check, manifest = integrity.check_version(self.path, self._vdir(v))
+            row = {**{k: x for k, x in (manifest or {}).items() if k != "integrity"},
+                   "version": v, "latest": v == latest}
+            out.append(row if check.healthy else {**row, "unreadable": check.describe()})
+        return out
+
+    def verify(self, version: int | None = None) -> integrity.VerifyResult:
+        """Checks every version (or one) against the digests recorded when it was written.
+
+        Args:
+          version: one version to check (default: all).
+
+        Returns:
+          A :class:`~gpjax.incremental.integrity.VerifyResult` (``.ok``, ``.damaged``).
+        """
+        dirs = sorted(p for p in (self.path / VERSIONS).iterdir() if p.name.isdigit())
+        problems = ()
+        if version is not None:
+            dirs = [d for d in dirs if int(d.name) == int(version)]
+            if not dirs:
+                self._version(version)  # the "no such version" message
+        elif self.versions() and self.latest() not in self.versions():
+            problems = (str(self._no_latest(self.versions())),)
+        return integrity.VerifyResult(
+            self.path, tuple(integrity.check_version(self.path, d)[0] for d in dirs), problems)
+
+    def _vdir(self, v: int) -> Path:
+        return self.path / VERSIONS / _vname(v)
+
+    def _healthy(self, v: int) -> int:
+        """``v`` when its files are intact; else a StoreError naming the file and the fix."""
+        check, _ = integrity.check_version(self.path, self._vdir(v))
+        if not check.healthy:
+            raise StoreError(self._damaged_message(check))
+        return v
+
+    def _damaged_message(self, check: integrity.VersionCheck) -> str:
+        others = [c for c in self.verify().versions if c.healthy and c.version != check.version]
+        p = self.path
+        fix = ("Fix: restore the store from a backup (no healthy version is left)" if not others
+               else f"Fix: make the last healthy version LATEST with `gpjax promote {p} "
+                    f"--version {others[-1].version}`, or update from it with `gpjax update "
+                    f"{p} --from {others[-1].version} --data ...`")
+        return (f"version {check.version} of {p} is damaged: {check.describe()}; "
+                f"`gpjax verify {p}` lists every damaged file. {fix}")
+
+    def _no_latest(self, have: list[int]) -> StoreError:
+        f = self.path / LATEST
+        if not have:
+            return StoreError(f"{self.path} has no version yet; make one with `gpjax init`")
+        try:
+            what = f"names version {int(f.read_text().strip())}, which the store does not hold"
+        except FileNotFoundError:
+            what = "is missing"
+        except (OSError, ValueError) as e:
+            what = f"cannot be read ({getattr(e, 'strerror', None) or e})"
+        return StoreError(f"{f} {what}; the store holds versions {', '.join(map(str, have))}. "
+                          f"Fix: choose the one to use with `gpjax promote {self.path} --version "
+                          f"N` (`gpjax history {self.path}` lists them)")
 
     def _version(self, version: int | None) -> int:
         have = self.versions()
         if version is None:
             version = self.latest()
-            if version is None:
-                raise StoreError(f"{self.path} has no version yet; make one with `gpjax init`")
+            if version is None or int(version) not in have:
+                raise self._no_latest(have)
         if int(version) not in have:
             raise StoreError(f"{self.path} has no version {version}; it has "
                              f"{', '.join(map(str, have)) or 'none'} (`gpjax history`)")
         return int(version)
 
     def promote(self, version: int) -> None:
-        """Points ``LATEST`` at ``version`` (roll back or forward)."""
+        """Points ``LATEST`` at ``version`` (roll back or forward); a damaged one is refused."""
         with DirectoryLock(self.path, what="model store command"):
-            atomic_write_text(self.path / LATEST, _vname(self._version(version)) + "\n")
+            v = self._healthy(self._version(version))
+            atomic_write_text(self.path / LATEST, _vname(v) + "\n")
 
     # ------------------------------------------------------------------------- load
     def _template(self) -> dict:
@@ -262,16 +350,25 @@ class ModelStore:
         return {"state": st, "carry": m, "nonrecoverable": m}
 
     def _restore(self, v: int) -> tuple[dict, dict]:
-        ckpt = RoundCheckpointer(self.path / VERSIONS / _vname(v) / "checkpoint",
-                                 config=self._ckpt_config(), async_save=False)
+        ckpt = RoundCheckpointer(self._vdir(v) / "checkpoint", config=self._ckpt_config(),
+                                 async_save=False)
         try:
             return ckpt.restore(0, self._template())
+        except (CheckpointCorruptError, FileNotFoundError) as e:  # a store without digests
+            first = str(e).splitlines()[0][:300]
+            check = integrity.VersionCheck(v, integrity.DAMAGED, (integrity.Damage(
+                f"{VERSIONS}/{_vname(v)}/checkpoint", first),))
+            raise StoreError(self._damaged_message(check)) from None
         finally:
             ckpt.close()
 
     def load(self, version: int | None = None) -> LoadedModel:
-        """A version's models (default: LATEST)."""
-        v = self._version(version)
+        """A version's models (default: LATEST).
+
+        Raises:
+          StoreError: no such version, or it is damaged (the message names the file and fix).
+        """
+        v = self._healthy(self._version(version))
         tree, meta = self._restore(v)
         st = tree["state"]
         nonrec = tree["nonrecoverable"] if meta.get("has_nonrecoverable") else None
@@ -346,6 +443,9 @@ class ModelStore:
     def init(self, data, *, validation=None, test=None, resume: bool = False,
              progress: bool = True) -> dict:
         """The first version: round 0 of the policy on ``data``. Returns its manifest."""
+        done = self._finish_work()
+        if done is not None and resume:
+            return done
         if self.versions():
             raise StoreError(f"{self.path} already has versions; add data with `gpjax update`")
         if not resume and (self.path / WORK).exists():
@@ -357,8 +457,9 @@ class ModelStore:
                max_forgetting: float | None = None, resume: bool = False,
                progress: bool = True, policy: str | None = None,
                policy_overrides: dict | None = None,
-               budget: Budget = Budget()) -> dict:
-        """A new version from the LATEST one and ``new_data`` plus every earlier example.
+               budget: Budget = Budget(), parent: int | None = None) -> dict:
+        """A new version from the LATEST one (or ``parent``) and ``new_data`` plus every
+        earlier example.
 
         Args:
           new_data: the new examples (an ``.npz`` path, ``tfds:NAME`` or ``(x, y)``).
@@ -375,6 +476,7 @@ class ModelStore:
           budget: a size target and/or a cost cap for this update
             (:class:`~gpjax.incremental.policies.Budget`; recorded in the manifest's
             ``budget``).
+          parent: the version to update from (default: LATEST), e.g. the last healthy one.
 
         Returns:
           The new version's manifest (``promoted`` says whether LATEST moved).
@@ -386,10 +488,13 @@ class ModelStore:
         if not self.versions():
             raise StoreError(f"{self.path} has no version yet; make the first with `gpjax init`")
         self._check_budget(budget)
+        done = self._finish_work()
+        if done is not None and resume:
+            return done
         return self._make(new_data, validation, test, old=old, resume=resume,
                           progress=progress, max_forgetting=max_forgetting,
                           policy=(policy, dict(policy_overrides or {})),
-                          budget=budget)
+                          budget=budget, parent=parent)
 
     def _check_budget(self, budget: Budget) -> None:
         n, e = budget
@@ -418,11 +523,14 @@ class ModelStore:
         return {"store": {k: self.spec[k] for k in ("model", "task", "recipe")}}
 
     def _make(self, data, validation, test, *, old, resume, progress, max_forgetting=None,
-              policy=None, budget: Budget = Budget()) -> dict:
+              policy=None, budget: Budget = Budget(), parent=None) -> dict:
         t_start = time.time()
         with primary_lock(self.path, what="model store command"):
-            job = self._prepare(data, validation, test, old, policy, budget)
+            job = self._prepare(data, validation, test, old, policy, budget, parent)
             work = self.path / WORK
+            if resume and not work.exists() and _same_new_data(job["parent"], job["record"]):
+                _sweep(self.path)
+                return job["parent"]  # the update to resume finished (its work/ is gone)
             if work.exists() and not resume:
                 raise StoreError(f"{work} holds an interrupted update; continue it with "
                                  "--resume, or delete that folder to drop it")
@@ -432,19 +540,64 @@ class ModelStore:
                     raise StoreError(f"the interrupted update in {work} was for other data or "
                                      "settings; rerun it with the same command, or delete "
                                      f"{work}")
+            fresh = not work.exists()
             sync("gpjax-store-checked")  # every process checked before process 0 writes
-            if is_primary():
-                atomic_write_text(self.path / STORE_FILE,
-                                  json.dumps(self.spec, indent=1) + "\n")
-                work.mkdir(exist_ok=True)
-                atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
-            manifest = self._run(job, work, progress, t_start, max_forgetting)
-            if is_primary():
-                shutil.rmtree(work)
+            try:
+                if is_primary():
+                    atomic_write_text(self.path / STORE_FILE,
+                                      json.dumps(self.spec, indent=1) + "\n")
+                    work.mkdir(exist_ok=True)
+                    atomic_write_text(work / "job.json", json.dumps(job["record"], indent=1))
+                manifest = self._run(job, work, progress, t_start, max_forgetting)
+            except BaseException:
+                if fresh and is_primary():
+                    _drop_unstarted(work)
+                raise
             sync("gpjax-store-done")
             return manifest
 
-    def _prepare(self, data, validation, test, old, policy, budget: Budget = Budget()) -> dict:
+    def _finish_work(self) -> dict | None:
+        """Completes an update killed after its version was written, before ``LATEST`` moved
+        or ``work/`` was removed. Returns that version's manifest (None: nothing to finish)."""
+        job = self.path / WORK / "job.json"
+        if not job.parent.exists():
+            return None
+        with primary_lock(self.path, what="model store command"):
+            try:
+                v = int(json.loads(job.read_text())["version"])
+            except FileNotFoundError:  # what a removal of work/ stopped midway left
+                if is_primary():
+                    shutil.rmtree(job.parent)
+                return None
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if v not in self.versions():
+                return None
+            check, manifest = integrity.check_version(self.path, self._vdir(v))
+            if not check.healthy or manifest is None:
+                return None
+            self._publish(v, manifest)
+            return manifest
+
+    def _publish(self, v: int, manifest: dict) -> None:
+        """After version ``v`` is in place: ``LATEST`` moves to it (if promoted), ``work/``
+        goes. Process 0 only."""
+        if not is_primary():
+            return
+        if manifest.get("promoted", True):
+            atomic_write_text(self.path / LATEST, _vname(v) + "\n")
+        # Cleaning up, which may fail without harm: a work/ left is finished by the next
+        # writer (_finish_work). Renamed first: a removal stopped midway never leaves a work/
+        # without its job.json. Then what stopped writers left: temporary files of atomic
+        # writes, unfinished versions, finished work folders.
+        try:
+            replace_dir(self.path / WORK, self.path / f".{WORK}-done-{os.getpid()}")
+        except OSError:
+            pass
+        _sweep(self.path)
+
+    def _prepare(self, data, validation, test, old, policy, budget: Budget = Budget(),
+                 parent_version=None) -> dict:
         """Reads and checks every input before anything is written."""
         first = not self.versions()
         if first:
@@ -452,7 +605,7 @@ class ModelStore:
             self._fix_shapes(new)
         else:
             new = self._read(data)
-        parent = None if first else self.manifest(self.latest())
+        parent = None if first else self.manifest(self._healthy(self._version(parent_version)))
         version = 0 if first else max(self.versions()) + 1
         files = [] if first else self._old_files(parent, old)
         files.append((new, self._entry(new, "train", version)))
@@ -575,9 +728,8 @@ class ModelStore:
                     "max_forgetting": max_forgetting,
                     "prune_curve": log.prune_curve, "stopped": log.stopped,
                     "budget": _budget_record(pol, metrics)}
-        self._write_version(rec["version"], state, carry_next, nonrec, manifest)
-        if promoted and is_primary():
-            atomic_write_text(self.path / LATEST, _vname(rec["version"]) + "\n")
+        manifest = self._write_version(rec["version"], state, carry_next, nonrec, manifest)
+        self._publish(rec["version"], manifest)
         return manifest
 
     def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
@@ -606,8 +758,11 @@ class ModelStore:
                          nonrec.params, nonrec.aux, test)["test_error"])
         return m
 
-    def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> None:
-        final = self.path / VERSIONS / _vname(v)
+    def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> dict:
+        """Writes version ``v`` to a hidden folder (checkpoint, then the manifest with the
+        digest of every checkpoint file, then the manifest's digest) and renames it into place.
+        Returns the manifest written."""
+        final = self._vdir(v)
         staging = self.path / VERSIONS / f".staging-{_vname(v)}"
         if is_primary():
             if staging.exists():
@@ -624,11 +779,45 @@ class ModelStore:
             ckpt.close()
         sync("gpjax-store-saved")  # every process's shards are on disk
         if not is_primary():
-            return
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if final.exists():  # a version dir left by a crash between rename and LATEST
+            return manifest
+        manifest = {**manifest, "integrity": integrity.record(staging)}
+        text = json.dumps(manifest, indent=1) + "\n"
+        atomic_write_text(staging / integrity.MANIFEST, text)
+        atomic_write_text(staging / integrity.MANIFEST_DIGEST, integrity.manifest_digest(text))
+        if final.exists():  # a damaged version folder left by older versions of gpjax
             shutil.rmtree(final)
-        os.replace(staging, final)
+        replace_dir(staging, final)
+        return manifest
+
+
+def _sweep(store: Path) -> None:
+    """Removes what stopped writers left (best effort): temporary files of atomic writes,
+    unfinished versions (``.staging-*``), finished work folders (``.work-done-*``)."""
+    for p in [*store.glob(".*.tmp*"), *store.glob(f".{WORK}-done-*"),
+              *(store / VERSIONS).glob(".staging-*")]:
+        try:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+
+
+def _same_new_data(made: dict | None, record: dict) -> bool:
+    """Whether version ``made`` was itself made from the new data of job ``record``."""
+    new = lambda m: sorted((e["sha256"], e["role"]) for e in m["data"]  # noqa: E731
+                           if e["added_in"] == m["version"])
+    return made is not None and new(made) == new(record)
+
+
+def _drop_unstarted(work: Path) -> None:
+    """Removes ``work/`` of a command that failed before its first complete checkpoint (a
+    refusal or a fault leaves nothing behind); one with a checkpoint stays for ``--resume``."""
+    ckpts = work / "checkpoints"
+    try:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+    except OSError:
+        return
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _budget_record(pol: Policy, metrics: dict) -> dict:
