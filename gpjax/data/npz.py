@@ -3,12 +3,12 @@
 
 A classification file holds ``x`` (float, ``[N, ...]``) and ``y`` (integer labels ``[N]``).
 :func:`read_data` opens one as a random-access source (:mod:`gpjax.data.sources`), walks it in
-chunks (no large file is ever loaded whole) and refuses, with a one-line :class:`DataFileError` naming the file,
-the array and the fix, a file that is not an npz, a missing array, an empty file, non-integer
-labels, labels outside the model's classes, NaN/inf features and a feature shape unlike the
-model's. Every file gets a content fingerprint (SHA-256 of the checked arrays, computed chunk
-by chunk; the same digest for the same arrays in any format) so a later update can tell that an
-earlier file moved or changed.
+chunks (no large file is ever loaded whole) and refuses, with a one-line :class:`DataFileError`
+naming the file, the array and the fix, a file that is not an npz, a missing array, an empty
+file, x and y of different lengths, non-integer labels, labels outside the model's classes,
+NaN/inf features and a feature shape unlike the model's. Every file gets a content fingerprint
+(SHA-256 of the checked arrays, computed chunk by chunk; the same digest for the same arrays in
+any format) so a later update can tell that an earlier file moved or changed.
 
 :func:`holdout` splits a file into training and validation examples by a seeded rule that
 depends only on the file's content, so the same file always gives the same split.

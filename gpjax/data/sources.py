@@ -314,8 +314,9 @@ def open_source(source: Any, *, name: str | None = None,
     """The source a user's data designation names.
 
     Args:
-      source: a :class:`Source` (returned as it is); ``(x, y)`` arrays; ``"tfds:NAME"``; a directory holding ``x.npy`` and ``y.npy``;
-        an ArrayRecord file (``*.array_record``); or an ``.npz`` file (read whole).
+      source: a :class:`Source` (returned as it is); ``(x, y)`` arrays; ``"tfds:NAME"``; a
+        directory holding ``x.npy`` and ``y.npy``; an ArrayRecord file (``*.array_record``); or
+        an ``.npz`` file (read whole).
       name: a label for in-memory arrays (default ``"<arrays>"``).
       load_npz: ``path -> (x, y)``, the ``.npz`` reader (:mod:`gpjax.data.npz` passes its own,
         which raises its errors).
