@@ -28,6 +28,7 @@ Nothing is lost: an update writes its version to a hidden folder and renames it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -41,7 +42,9 @@ import numpy as np
 
 import gpjax
 from gpjax._files import atomic_write_text
-from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
+from gpjax.data.npz import DataFile, DataFileError, check_source, holdout, read_data
+from gpjax.data.pipeline import DataConfig, SourceSplit
+from gpjax.data.stream import num_examples, take
 from gpjax.incremental.checkpoint import RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
@@ -77,6 +80,8 @@ class Recipe:
       checkpoint_every, prune_checkpoint_every: in-update checkpoints (for ``--resume``).
       checkpoint_interval_s: at most one in-update checkpoint inside a phase per this many
         seconds (phase ends always save; 0: every time).
+      data: how data reach the device: an update whose files (as float32) fit
+        ``data.memory_budget`` loads them whole, a larger one streams them (Grain).
     """
 
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -88,6 +93,7 @@ class Recipe:
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
     checkpoint_interval_s: float = 60.0
+    data: DataConfig = DataConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +102,7 @@ class Recipe:
     def from_dict(cls, d: dict) -> Recipe:
         d = dict(d)
         d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
+        d["data"] = DataConfig(**d.get("data", {}))
         return cls(**d)
 
 
@@ -120,6 +127,13 @@ class LoadedModel:
     nonrecoverable: dict | None
     manifest: dict
     state: TrainState
+
+
+def _head(data: tuple | SourceSplit, n: int) -> tuple:
+    """The first ``n`` examples of arrays or of a streamed split, as arrays."""
+    if isinstance(data, SourceSplit):
+        return data.examples(np.arange(min(n, len(data))))
+    return tuple(a[:n] for a in data)
 
 
 def _vname(v: int) -> str:
@@ -280,17 +294,24 @@ class ModelStore:
         m = self.load(version)
         f = self._read(data)
         out = {"version": m.version, "n": len(f), "data": f.name,
-               **self.metrics(m.params, m.aux, f.arrays)}
+               **self.metrics(m.params, m.aux, self._view(f))}
         if m.nonrecoverable is not None:
             nr = m.nonrecoverable
             out.update({f"{k}_nonrecoverable": v
-                        for k, v in self.metrics(nr["params"], nr["aux"], f.arrays).items()})
+                        for k, v in self.metrics(nr["params"], nr["aux"], self._view(f)).items()})
         return out
 
     # ------------------------------------------------------------------------- data
     def _read(self, source) -> DataFile:
         return read_data(source, input_shape=self.spec["input_shape"],
                          num_classes=self.spec["num_classes"])
+
+    def _view(self, f: DataFile, streamed: bool | None = None) -> tuple | SourceSplit:
+        """A file's examples: arrays in memory, or (beyond the recipe's memory budget, or when
+        ``streamed``) a streamed split read through the Grain pipeline."""
+        if streamed is None:
+            streamed = not self.recipe.data.fits(f.nbytes())
+        return SourceSplit([f]) if streamed else f.arrays
 
     def _entry(self, f: DataFile, role: str, added_in: int) -> dict:
         """A file's manifest entry; ``role``: "train" (a held-out fraction validates),
@@ -304,15 +325,16 @@ class ModelStore:
                                 "seed": self.recipe.seed})
         return entry
 
-    def _parts(self, f: DataFile, entry: dict) -> tuple[tuple | None, tuple | None]:
-        """(training arrays, validation arrays) of a file by its manifest entry."""
+    def _parts(self, f: DataFile, entry: dict, streamed: bool) -> tuple:
+        """(training examples, validation examples) of a file by its manifest entry: arrays,
+        or streamed splits (the hold-out taken by index)."""
+        whole = self._view(f, streamed)
         if entry["role"] == "validation":
-            return None, f.arrays
+            return None, whole
         if entry["role"] == "train_all":
-            return f.arrays, None
+            return whole, None
         tr, va = holdout(f, entry["split"]["fraction"], entry["split"]["seed"])
-        take = lambda idx: tuple(a[idx] for a in f.arrays)  # noqa: E731
-        return take(tr), (take(va) if len(va) else None)
+        return take(whole, tr), (take(whole, va) if len(va) else None)
 
     def _old_files(self, parent: dict, old: Sequence | None) -> list[tuple[DataFile, dict]]:
         """The parent's data, found through its manifest (fingerprints checked), or ``old``."""
@@ -333,8 +355,9 @@ class ModelStore:
                     from None
             if f.sha256 != e["sha256"]:
                 raise StoreError(f"earlier data file {e['path']} (version {e['added_in']}) has "
-                                 "changed since it was used (its fingerprint differs); restore "
-                                 "it, or pass the earlier data explicitly with --old")
+                                 f"changed since it was used (fingerprint {f.sha256[:12]}, "
+                                 f"recorded {e['sha256'][:12]}); restore it, or pass the "
+                                 "earlier data explicitly with --old")
             out.append((f, e))
         return out
 
@@ -355,7 +378,8 @@ class ModelStore:
         """A new version from the LATEST one and ``new_data`` plus every earlier example.
 
         Args:
-          new_data: the new examples (an ``.npz`` path, ``tfds:NAME`` or ``(x, y)``).
+          new_data: the new examples (an ``.npz`` path, a directory of ``x.npy`` + ``y.npy``,
+            an ArrayRecord file, ``tfds:NAME`` or ``(x, y)``).
           old: the earlier data, given explicitly (instead of the manifests' files).
           validation: a validation file for the new data (default: a held-out fraction).
           test: a test file, reported only.
@@ -431,25 +455,26 @@ class ModelStore:
 
     def _fix_shapes(self, f: DataFile) -> None:
         """The first data fix the model's input shape and classes (checked on later files)."""
-        x = f.arrays[0]
-        variables = self.model.init(jax.random.PRNGKey(0), x[:1], train=False)
-        classes = int(self.model.apply(variables, x[:1], train=False).shape[-1])
-        from gpjax.data.npz import check_classification
-        check_classification(f.name, *f.arrays, num_classes=classes)
+        x = f.read(np.arange(1))[0]
+        variables = self.model.init(jax.random.PRNGKey(0), x, train=False)
+        classes = int(self.model.apply(variables, x, train=False).shape[-1])
+        check_source(f.source, num_classes=classes)
         self.spec = {**self.spec, "input_shape": list(x.shape[1:]), "num_classes": classes}
 
     def _round_data(self, files) -> tuple[RoundData, dict]:
         new_v = max(e["added_in"] for _, e in files)
+        streamed = not self.recipe.data.fits(sum(f.nbytes() for f, _ in files))
         parts = {"new": [], "old": [], "val_new": [], "val_old": []}
         for f, e in files:
-            tr, va = self._parts(f, e)
+            tr, va = self._parts(f, e, streamed)
             is_new = e["added_in"] == new_v
             if tr is not None:
                 parts["new" if is_new else "old"].append(tr)
             if va is not None:
                 parts["val_new" if is_new else "val_old"].append(va)
-        cat = lambda xs: None if not xs else tuple(  # noqa: E731
-            np.concatenate(cols) for cols in zip(*xs))
+        cat = lambda xs: None if not xs else (  # noqa: E731
+            functools.reduce(SourceSplit.concat, xs) if streamed
+            else tuple(np.concatenate(cols) for cols in zip(*xs)))
         new = cat(parts["new"])
         every = cat(parts["old"] + parts["new"])
         val = {"old": cat(parts["val_old"]), "new": cat(parts["val_new"]),
@@ -490,9 +515,10 @@ class ModelStore:
 
         test = job["test"]
         measure = None if test is None else (
-            lambda st: {"test_error": self.metrics(st.params, st.aux, test.arrays)["test_error"]})
+            lambda st: {"test_error": self.metrics(st.params, st.aux, self._view(test))[
+                "test_error"]})
         key = jax.random.fold_in(jax.random.PRNGKey(self.recipe.seed), rec["round"])
-        example = tuple(a[:2] for a in data.all)
+        example = _head(data.all, 2)
         try:
             state, carry_next, log = update(
                 trainer, plan, data, pol.prune, state=state, key=key, example_batch=example,
@@ -533,14 +559,14 @@ class ModelStore:
         m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
              "val_error": err(state, val["all"]),
              "test_error": None if test is None else self.metrics(
-                 state.params, state.aux, test.arrays)["test_error"],
+                 state.params, state.aux, self._view(test))["test_error"],
              "params": counts.active, "params_dense": counts.dense,
              "density": counts.active / max(counts.dense, 1),
              "dead_units": int(sum(d.inputs + d.outputs for d in dead.values())),
              "epochs": log.cost.epochs, "epochs_by_phase": log.cost.by_phase,
              "raw_epochs": log.cost.raw_epochs, "examples": log.cost.examples,
              "wall_time_s": log.cost.wall_time_s,
-             "n_train": int(len(data.all[0])), "n_new": int(len(data.new[0]))}
+             "n_train": num_examples(data.all), "n_new": num_examples(data.new)}
         prev = None if parent is None else parent["metrics"]["val_error"]
         m["forgetting"] = (None if prev is None or m["val_error_old"] is None
                            else m["val_error_old"] - prev)
@@ -548,7 +574,7 @@ class ModelStore:
             m.update(params_nonrecoverable=gpjax.count_params(nonrec.masks).active,
                      val_error_nonrecoverable=err(nonrec, val["all"]),
                      test_error_nonrecoverable=None if test is None else self.metrics(
-                         nonrec.params, nonrec.aux, test.arrays)["test_error"])
+                         nonrec.params, nonrec.aux, self._view(test))["test_error"])
         return m
 
     def _write_version(self, v: int, state, carry, nonrec, manifest: dict) -> None:
