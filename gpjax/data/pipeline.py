@@ -48,13 +48,16 @@ class DataConfig:
 
     Attributes:
       memory_budget: bytes of host arrays (float32 features + int32 labels) that may be
-        loaded whole and put on the device (the fast path); larger data stream.
+        loaded whole and put on the device (the fast path); larger data stream. The fast path
+        holds about 3-4 copies of the data on the host while it prepares them (file, hold-out
+        split, concatenation, device copy), so the default, 256 MiB, keeps a store command
+        near 1 GiB; raise it on a machine with memory to spare.
       block_bytes: host memory of one streamed block (whole mini-batches; at least one).
       num_threads: Grain threads reading blocks ahead (0: read in the caller's thread).
       prefetch: blocks read ahead (each up to ``block_bytes``).
     """
 
-    memory_budget: int = 2**30
+    memory_budget: int = 256 * 2**20
     block_bytes: int = 64 * 2**20
     num_threads: int = 1
     prefetch: int = 1
