@@ -58,7 +58,7 @@ class DataConfig:
     """
 
     memory_budget: int = 256 * 2**20
-    block_bytes: int = 64 * 2**20
+    block_bytes: int = 16 * 2**20
     num_threads: int = 1
     prefetch: int = 1
 

@@ -165,7 +165,8 @@ class ModelStore:
         self.task, self.metrics = factory(self.model, augment=augment,
                                           eval_batch_size=self.recipe.eval_batch_size)
         self.trainer = Trainer(self.task, make_optimizer(self.recipe.optimizer),
-                               self.recipe.batch_size, self.recipe.eval_batch_size, True)
+                               self.recipe.batch_size, self.recipe.eval_batch_size, True,
+                               data_config=self.recipe.data)
 
     # ------------------------------------------------------------------------- create / open
     @classmethod
@@ -553,7 +554,8 @@ class ModelStore:
 
     def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
         err = lambda st, d: None if d is None else 100.0 * evaluate(  # noqa: E731
-            st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size)
+            st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size,
+            data_config=self.recipe.data)
         counts = gpjax.count_params(state.masks)
         dead = gpjax.dead_units(state.masks, input_fed=list(self.task.input_kernels))
         m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
