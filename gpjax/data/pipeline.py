@@ -103,6 +103,9 @@ class SourceSplit:
         del rng
         where = self.index[np.asarray(positions, np.int64)]
         owner = np.searchsorted(self._starts, where, side="right") - 1
+        if owner[0] == owner[-1] and (owner == owner[0]).all():  # one source: no extra copy
+            x, y = self.sources[owner[0]].read(where - self._starts[owner[0]])
+            return x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
         parts = []
         for k in np.unique(owner):
             sel = np.flatnonzero(owner == k)
