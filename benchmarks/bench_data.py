@@ -173,10 +173,11 @@ def markdown(rows: list[dict], times: dict, cmd: str, meta: dict) -> tuple[str, 
              f"Command: `{cmd}`", "",
              f"Machine: {meta['machine']}; load average at start {meta['load_start']}, at "
              f"end {meta['load_end']}. **Other jobs shared the 2 cores during this run**: wall "
-             "times are inflated and noisy; the CPU seconds are steadier.", "",
-             "## Peak RSS of the store commands over `.npy` data", "",
-             "| data GB | examples | init peak RSS GiB | init wall s | update peak RSS GiB | "
-             "update wall s |", "|---:|---:|---:|---:|---:|---:|"]
+             "times are inflated and noisy; the CPU seconds are steadier.", ""]
+    if rows:
+        lines += ["## Peak RSS of the store commands over `.npy` data", "",
+                  "| data GB | examples | init peak RSS GiB | init wall s | update peak RSS GiB | "
+                  "update wall s |", "|---:|---:|---:|---:|---:|---:|"]
     ok = True
     for r in rows:
         lines.append(f"| {r['data_gb']:.2f} | {r['examples']:,} | {r['init_rss_gib']:.2f} | "
@@ -184,8 +185,9 @@ def markdown(rows: list[dict], times: dict, cmd: str, meta: dict) -> tuple[str, 
                      f"{r['update_wall_s']:.0f} |")
         ok &= max(r["init_rss_gib"], r["update_rss_gib"]) <= RSS_TARGET_GIB
         ok &= r["init_exit"] == 0 and r["update_exit"] == 0
-    lines += ["", f"Target: <= {RSS_TARGET_GIB} GiB at every size: "
-                  f"{'met' if ok else 'NOT met'}.", ""]
+    if rows:
+        lines += ["", f"Target: <= {RSS_TARGET_GIB} GiB at every size: "
+                      f"{'met' if ok else 'NOT met'}.", ""]
     speed_ok = True
     if times:
         med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
