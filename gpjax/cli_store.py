@@ -15,7 +15,9 @@ Examples::
     gpjax plot store/               # error, parameters and cost per version (PNG)
 
 Data files are ``.npz`` with arrays ``x`` (float ``[N, ...]``) and ``y`` (integer labels
-``[N]``), or ``tfds:NAME``. The model's input shape and class count come from the first data.
+``[N]``), a directory holding ``x.npy`` and ``y.npy`` (memory-mapped: for data that outgrow
+memory), an ArrayRecord file (``gpjax.data.sources.write_array_record``) or ``tfds:NAME``.
+The model's input shape and class count come from the first data.
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ def add_parsers(sub, formatter) -> None:
                    help="zoo name (lenet300, lenet5, resnet18) or package.module:Class")
     i.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
                    help="constructor arguments, e.g. '{\"hidden\": [300, 100]}'")
-    i.add_argument("--data", required=True, help=".npz (arrays x, y) or tfds:NAME")
+    i.add_argument("--data", required=True, help=".npz (arrays x, y), a directory of x.npy + "
+                   "y.npy, an .array_record file or tfds:NAME")
     i.add_argument("--validation", default=None, help="validation file (default: a held-out "
                    "fraction of each data file)")
     i.add_argument("--test", default=None, help="test file (reported only)")
@@ -264,7 +267,8 @@ def add_parsers(sub, formatter) -> None:
     u = command("update", "add new data to a store: a new version from LATEST",
                 "gpjax update store/ --data part2.npz --test test.npz --max-forgetting 0.5")
     u.add_argument("store")
-    u.add_argument("--data", required=True, help="the new examples (.npz or tfds:NAME)")
+    u.add_argument("--data", required=True, help="the new examples (.npz, x.npy + y.npy directory, "
+                   ".array_record or tfds:NAME)")
     u.add_argument("--old", action="append", default=None, metavar="FILE",
                    help="the earlier data, given explicitly (repeatable; default: the files "
                         "the manifests name, fingerprints checked)")

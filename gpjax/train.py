@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gpjax.data import stream
+from gpjax.data import pipeline, stream
+from gpjax.data.pipeline import DataConfig
 from gpjax.fields import check_range, check_types
 from gpjax.grow import accumulate_gradients
 from gpjax.optim import masked
@@ -256,15 +257,16 @@ def train_epoch(
     tx: optax.GradientTransformationExtraArgs,
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
-    max_block_bytes: int = stream.MAX_BLOCK_BYTES,
+    data_config: DataConfig = DataConfig(),
     scan: bool | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of masked training: a jitted scan over a seeded permutation of ``data``.
 
-    A streamed split (:mod:`gpjax.data.stream`, e.g. ImageNet) is walked in blocks of whole
-    mini-batches instead: the permutation is drawn from the state's key on the host, each block
-    (made with the split's training augmentation, seeded from that key too) is one jitted scan,
-    the next block is made while the device runs the current one.
+    A streamed split (:mod:`gpjax.data.stream`: memory-mapped ``.npy``, ArrayRecord, ImageNet)
+    is read through the Grain pipeline of :mod:`gpjax.data.pipeline` instead: the same
+    permutation (drawn from the state's key), in blocks of whole mini-batches (made with the
+    split's training augmentation, seeded from that key too), each block one jitted scan, the
+    next blocks read by Grain's threads while the device runs the current one.
 
     Args:
       state: the training state; its params, aux and optimiser state are donated (do not
@@ -277,7 +279,7 @@ def train_epoch(
       batch_sharding: optional sharding of each mini-batch (e.g. ``NamedSharding(mesh,
         P("batch"))``) for data parallelism: parameters replicated, the batch split, gradients
         all-reduced by XLA. ``None``: whatever the inputs' shardings imply.
-      max_block_bytes: host memory of one streamed block (streamed splits only).
+      data_config: block size, threads and read-ahead of a streamed split.
       scan: run the steps as one ``lax.scan`` (True) or one jitted call each (False); None
         decides by :func:`scan_pays` (scan except on CPU for convolutional/recurrent losses).
         Both draw the same permutation and step keys.
@@ -309,12 +311,12 @@ def train_epoch(
     # The same draws as the in-memory epoch (so both give the same run when the split's
     # examples do not depend on rng); host augmentation has a key of its own.
     key, order, step_keys = _epoch_keys(state.key, n, steps)
-    positions = np.asarray(order)[np.arange(steps * bs) % n]
-    rng = np.random.default_rng(_key_bits(jax.random.fold_in(state.key, 1)))
-    block = stream.block_size(data, bs, max_block_bytes)
+    positions = pipeline.epoch_positions(order, steps, bs)
+    block = pipeline.block_size(data, bs, data_config.block_bytes)
+    blocks = pipeline.block_iterator(data, positions, block, data_config,
+                                     seed=_key_bits(jax.random.fold_in(state.key, 1)))
     total = jnp.zeros((), jnp.float32)
-    for s, part in zip(range(0, steps, block // bs),
-                       stream.iterate_blocks(data, positions, block, rng), strict=True):
+    for s, part in zip(range(0, steps, block // bs), blocks, strict=True):
         k = num_examples(part) // bs
         if scan:
             carry, loss = _train_block(carry, state.masks, part, rates[s:s + k],
@@ -366,18 +368,19 @@ def _evaluate(params, aux, data, task: Task, batch_size: int):
 
 
 def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
-             batch_size: int = 1000, max_block_bytes: int = stream.MAX_BLOCK_BYTES) -> float:
+             batch_size: int = 1000, data_config: DataConfig = DataConfig()) -> float:
     """Mean per-example error of the model on ``data`` (a fraction in [0, 1]).
 
-    ``data``: a pytree of arrays ``[N, ...]`` (one jitted scan) or a streamed split (blocks of
-    whole batches of about ``max_block_bytes``, evaluation view, one scan each).
+    ``data``: a pytree of arrays ``[N, ...]`` (one jitted scan) or a streamed split (Grain
+    blocks of whole batches of about ``data_config.block_bytes``, evaluation view, one scan
+    each).
     """
     if not stream.is_streamed(data):
         return float(_evaluate(params, aux, data, task, batch_size))
     n = len(data)
-    block = stream.block_size(data, min(batch_size, n), max_block_bytes)
+    block = pipeline.block_size(data, min(batch_size, n), data_config.block_bytes)
     total = jnp.zeros((), jnp.float32)
-    for part in stream.iterate_blocks(data, np.arange(n), block):
+    for part in pipeline.block_iterator(data, np.arange(n), block, data_config):
         total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
     return float(total) / n
 
@@ -397,7 +400,7 @@ def growth_gradients(state: TrainState, data: PyTree, *, task: Task,
 
     Uses the largest convenient batch: the mean gradient does not depend on it. The remainder
     ``N mod B`` is left out of the mean. A streamed split is streamed batch by batch (evaluation
-    view, made ahead on a worker thread) through :func:`gpjax.accumulate_gradients`.
+    view, read ahead by the Grain pipeline) through :func:`gpjax.accumulate_gradients`.
 
     Returns:
       A pytree like ``state.params``.
@@ -406,7 +409,7 @@ def growth_gradients(state: TrainState, data: PyTree, *, task: Task,
     bs = min(batch_size, n)
     steps = n // bs
     if stream.is_streamed(data):
-        batches = stream.iterate_blocks(data, np.arange(steps * bs), bs)
+        batches = pipeline.block_iterator(data, np.arange(steps * bs), bs, DataConfig())
     else:
         batches = jax.tree.map(lambda d: d[: steps * bs].reshape((steps, bs) + d.shape[1:]),
                                data)

@@ -1,5 +1,6 @@
-"""Streamed splits (gpjax.data.stream): training, evaluation and growth gradients over data made
-on the host block by block give what the in-memory path gives on the same examples."""
+"""Streamed splits (gpjax.data.stream, read through the Grain pipeline of gpjax.data.pipeline):
+training, evaluation and growth gradients over data made on the host block by block give what
+the in-memory path gives on the same examples."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpjax.data import stream
+from gpjax.data import pipeline, stream
 from gpjax.data.images import load_mnist_images
+from gpjax.data.pipeline import DataConfig
 from gpjax.incremental.scenarios import class_incremental, data_incremental
 from gpjax.models import LeNet300
 from gpjax.train import (
@@ -81,20 +83,8 @@ def test_block_size_whole_batches_within_budget():
     x, y = _data(10)
     per = x[0].nbytes + y[0].nbytes
     split = ArraysSplit(x, y)
-    assert stream.block_size(split, 8, max_block_bytes=per * 8 * 3 + 5) == 24
-    assert stream.block_size(split, 8, max_block_bytes=1) == 8  # at least one batch
-
-
-def test_prefetch_keeps_order_and_propagates_errors():
-    assert list(stream.prefetch(iter(range(7)), depth=2)) == list(range(7))
-    assert list(stream.prefetch(iter([]))) == []
-
-    def bad():
-        yield 1
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        list(stream.prefetch(bad()))
+    assert pipeline.block_size(split, 8, per * 8 * 3 + 5) == 24
+    assert pipeline.block_size(split, 8, 1) == 8  # at least one batch
 
 
 @pytest.mark.parametrize("steps_scale,scan", [(1.0, None), (1.5, False)])
@@ -112,7 +102,8 @@ def test_streamed_epoch_equals_in_memory_epoch(steps_scale, scan):
     # A budget of 3 batches per block: several blocks, the last one shorter.
     # scan=False: each block's steps as one jitted call each (the CPU path of conv nets).
     b, loss_b = train_epoch(b, split, rates, task=task, tx=tx, batch_size=32, scan=scan,
-                            max_block_bytes=3 * 32 * (x[0].nbytes + y[0].nbytes))
+                            data_config=DataConfig(
+                                block_bytes=3 * 32 * (x[0].nbytes + y[0].nbytes)))
     assert len(split.fetched) > 2 and max(split.fetched[1:]) <= 96
     assert sum(split.fetched[1:]) == steps * 32  # fetched[0]: block_size's probe
     chex.assert_trees_all_close(a.params, b.params, atol=2e-5, rtol=2e-5)
@@ -129,7 +120,7 @@ def test_streamed_evaluate_and_growth_gradients_equal_in_memory():
     mem = (jnp.asarray(x), jnp.asarray(y))
     e_mem = evaluate(st.params, st.aux, mem, task=task, batch_size=50)
     e_str = evaluate(st.params, st.aux, split, task=task, batch_size=50,
-                     max_block_bytes=2 * 50 * x[0].nbytes)
+                     data_config=DataConfig(block_bytes=2 * 50 * x[0].nbytes))
     assert e_mem == pytest.approx(e_str, abs=1e-6)
     g_mem = growth_gradients(st, mem, task=task, batch_size=50)
     g_str = growth_gradients(st, split, task=task, batch_size=50)
@@ -165,7 +156,7 @@ def test_streamed_mnist_images_train_with_host_augmentation():
     err0 = evaluate(st.params, st.aux, val, task=task, batch_size=250)
     rates = cosine_rates(0.05, steps_per_epoch(2000, 32) * 2)
     st, loss = train_epoch(st, train, rates, task=task, tx=tx, batch_size=32,
-                           max_block_bytes=2**20)
+                           data_config=DataConfig(block_bytes=2**20))
     err1 = evaluate(st.params, st.aux, val, task=task, batch_size=250)
     assert np.isfinite(float(loss)) and err1 < 0.5 * err0 and err1 < 0.3
 

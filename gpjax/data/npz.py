@@ -1,11 +1,14 @@
-"""A user's data files: ``.npz`` with ``x`` and ``y``, or ``tfds:NAME``; checked before use.
+"""A user's data files: ``.npz`` with ``x`` and ``y``, a directory of ``x.npy`` + ``y.npy``
+(memory-mapped), an ArrayRecord file or ``tfds:NAME``; checked before use.
 
 A classification file holds ``x`` (float, ``[N, ...]``) and ``y`` (integer labels ``[N]``).
-:func:`read_data` reads one and refuses, with a one-line :class:`DataFileError` naming the file,
-the array and the fix, a file that is not an npz, a missing array, an empty file, non-integer
-labels, labels outside the model's classes, NaN/inf features and a feature shape unlike the
-model's. Every file gets a content fingerprint (SHA-256 of the arrays) so a later update can
-tell that an earlier file moved or changed.
+:func:`read_data` opens one as a random-access source (:mod:`gpjax.data.sources`), walks it in
+chunks (no large file is ever loaded whole) and refuses, with a one-line :class:`DataFileError`
+naming the file, the array and the fix, a file that is not an npz, a missing array, an empty
+file, x and y of different lengths, non-integer labels, labels outside the model's classes,
+NaN/inf features and a feature shape unlike the model's. Every file gets a content fingerprint
+(SHA-256 of the checked arrays, computed chunk by chunk; the same digest for the same arrays in
+any format) so a later update can tell that an earlier file moved or changed.
 
 :func:`holdout` splits a file into training and validation examples by a seeded rule that
 depends only on the file's content, so the same file always gives the same split.
@@ -14,6 +17,7 @@ depends only on the file's content, so the same file always gives the same split
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import zipfile
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gpjax.data.sources import CHUNK_BYTES, Source, SourceError, chunks, open_source
 
 PyTree = Any
 
@@ -35,16 +41,32 @@ class DataFile:
 
     Attributes:
       name: its path (absolute) or ``tfds:NAME``, or a caller's label for in-memory arrays.
-      arrays: the examples, a tuple of arrays with a leading axis ``N`` (``(x, y)``).
-      sha256: fingerprint of the arrays' dtypes, shapes and bytes.
+      source: its examples, random access (:mod:`gpjax.data.sources`).
+      sha256: fingerprint of the checked arrays' dtypes, shapes and bytes.
     """
 
     name: str
-    arrays: tuple
+    source: Source
     sha256: str
 
     def __len__(self) -> int:
-        return int(len(self.arrays[0]))
+        return len(self.source)
+
+    @functools.cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every example in memory, ``(x float32 [N, ...], y int32 [N])`` (read on first use;
+        for large files take parts with :meth:`read`)."""
+        return self.read(np.arange(len(self)))
+
+    def nbytes(self) -> int:
+        """Host bytes of every example as :meth:`read` returns them (float32 x, int32 y)."""
+        x_shape = self.source.spec.shapes[0]
+        return len(self) * 4 * (int(np.prod(x_shape)) + 1)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The examples at ``indices``: ``(x float32 [n, ...], y int32 [n])``."""
+        x, y = self.source.read(np.asarray(indices, np.int64))
+        return x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
 
 
 def fingerprint(arrays: tuple) -> str:
@@ -76,22 +98,13 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                             "np.savez(path, x=features, y=labels)") from None
 
 
-def _load_tfds(name: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import tensorflow_datasets as tfds
-        src = tfds.data_source(name, split="train")
-        items = [src[i] for i in range(len(src))]
-    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not prepared"
-        raise DataFileError(f"tfds:{name}: cannot read it with tfds.data_source ({e}); prepare "
-                            "it first (tfds build) or give an .npz file") from None
-    x = np.stack([np.asarray(it["image"], np.float32) / 255.0 for it in items])
-    return x, np.asarray([it["label"] for it in items])
-
-
 def check_classification(name: str, x: np.ndarray, y: np.ndarray, *,
                          input_shape: tuple | None = None,
-                         num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         num_classes: int | None = None,
+                         offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(x float32, y int32)`` after the checks of the module docstring.
+
+    ``offset``: the index of ``x[0]`` in its file (for a chunk; error messages count from it).
 
     Raises:
       DataFileError: naming ``name``, the array and the fix.
@@ -118,8 +131,8 @@ def check_classification(name: str, x: np.ndarray, y: np.ndarray, *,
     bad = ~np.isfinite(x)
     if bad.any():
         first = int(np.flatnonzero(bad.reshape(len(x), -1).any(1))[0])
-        raise DataFileError(f"{name}: x has {int(bad.sum())} NaN/inf values (first in example "
-                            f"{first}); clean or drop those examples")
+        raise DataFileError(f"{name}: x has NaN/inf values (first in example "
+                            f"{first + offset}); clean or drop those examples")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         raise DataFileError(f"{name}: x has examples of shape {tuple(x.shape[1:])}, the model "
                             f"takes {tuple(input_shape)}; reshape the features to match")
@@ -130,32 +143,75 @@ def check_classification(name: str, x: np.ndarray, y: np.ndarray, *,
     return x, y.astype(np.int32)
 
 
+def _check_spec(src: Source) -> None:
+    """The checks a source's element spec answers before any example is read."""
+    (x_shape, y_shape), (x_dtype, y_dtype) = src.spec
+    y_len = len(src.arrays[1]) if hasattr(src, "arrays") else len(src)
+    if len(src) != y_len:
+        raise DataFileError(f"{src.name}: x has {len(src)} examples but y has {y_len}; give one "
+                            "label per example")
+    if tuple(y_shape) != ():
+        raise DataFileError(f"{src.name}: y must be integer labels of shape [N], got examples "
+                            f"of shape {tuple(y_shape)}; pass class indices, not one-hot rows")
+    if not any(np.issubdtype(y_dtype, t) for t in (np.integer, np.bool_, np.floating)):
+        raise DataFileError(f"{src.name}: y has dtype {y_dtype}, not integer labels; save "
+                            "class indices 0..K-1 (e.g. y.astype(int))")
+    if not np.issubdtype(x_dtype, np.number) or np.issubdtype(x_dtype, np.complexfloating):
+        raise DataFileError(f"{src.name}: x has dtype {x_dtype}; features must be real numbers")
+
+
+def check_source(src: Source, *, input_shape: tuple | None = None,
+                 num_classes: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Checks every example of ``src`` (:func:`check_classification`, a chunk at a time) and
+    returns :func:`fingerprint` of the checked ``(x float32, y int32)``.
+
+    The labels (4 bytes an example) are kept until x is hashed: the digest hashes x, then y.
+
+    Raises:
+      DataFileError: naming the source, the array and the fix.
+    """
+    _check_spec(src)
+    checks = {"input_shape": input_shape, "num_classes": num_classes}
+    n = len(src)
+    if n == 0:
+        raise DataFileError(f"{src.name}: no examples; give a file with at least one example")
+    h = hashlib.sha256()
+    h.update(f"{np.dtype(np.float32).str}{(n, *src.spec.shapes[0])}".encode())
+    labels = []
+    for offset, (x, y) in chunks(src, chunk_bytes):
+        x, y = check_classification(src.name, x, y, offset=offset, **checks)
+        h.update(np.ascontiguousarray(x).tobytes())
+        labels.append(y)
+    h.update(f"{np.dtype(np.int32).str}{(n,)}".encode())
+    for y in labels:
+        h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
 def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = None,
-              num_classes: int | None = None, name: str | None = None) -> DataFile:
-    """Reads and checks one classification data source.
+              num_classes: int | None = None, name: str | None = None,
+              chunk_bytes: int = CHUNK_BYTES) -> DataFile:
+    """Opens and checks one classification data source, a chunk at a time.
 
     Args:
-      source: an ``.npz`` path, ``"tfds:NAME"`` (its train split, via ``tfds.data_source``) or
-        an ``(x, y)`` tuple of arrays.
+      source: an ``.npz`` path, a directory holding ``x.npy`` and ``y.npy`` (memory-mapped),
+        an ArrayRecord file (``*.array_record``, :func:`gpjax.data.sources.write_array_record`),
+        ``"tfds:NAME"`` (its train split, via ``tfds.data_source``) or an ``(x, y)`` tuple.
       input_shape: the model's example shape (checked when given).
       num_classes: the model's class count (labels checked when given).
       name: a label for in-memory arrays (default ``"<arrays>"``).
+      chunk_bytes: host memory of one chunk of the checking and fingerprinting pass.
 
     Raises:
       DataFileError: the source cannot be used (see the module docstring).
     """
-    if isinstance(source, tuple):
-        label = name or "<arrays>"
-        x, y = (np.asarray(a) for a in source)
-    elif str(source).startswith("tfds:"):
-        label = str(source)
-        x, y = _load_tfds(label.partition(":")[2])
-    else:
-        path = Path(source).expanduser().absolute()
-        label = str(path)
-        x, y = _load_npz(path)
-    x, y = check_classification(label, x, y, input_shape=input_shape, num_classes=num_classes)
-    return DataFile(label, (x, y), fingerprint((x, y)))
+    try:
+        src = open_source(source, name=name, load_npz=_load_npz)
+    except SourceError as e:
+        raise DataFileError(str(e)) from None
+    return DataFile(src.name, src, check_source(src, input_shape=input_shape,
+                                                num_classes=num_classes,
+                                                chunk_bytes=chunk_bytes))
 
 
 def holdout(file: DataFile, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,5 +229,5 @@ def holdout(file: DataFile, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-__all__ = ["DataFile", "DataFileError", "check_classification", "fingerprint", "holdout",
-           "read_data"]
+__all__ = ["DataFile", "DataFileError", "check_classification", "check_source", "fingerprint",
+           "holdout", "read_data"]

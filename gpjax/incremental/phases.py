@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 import gpjax
 from gpjax.data.buckets import is_bucketed
+from gpjax.data.pipeline import DataConfig
 from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.prune import PROTECTIONS
 from gpjax.train import (
@@ -104,6 +105,8 @@ class Trainer:
       progress: show tqdm bars.
       batch_sharding: sharding of training mini-batches for data parallelism (see
         :func:`gpjax.train.train_epoch`); ``None`` on one device.
+      data_config: block size, threads and read-ahead of streamed data
+        (:class:`gpjax.data.pipeline.DataConfig`).
     """
 
     task: Task
@@ -112,6 +115,7 @@ class Trainer:
     eval_batch_size: int = 1000
     progress: bool = True
     batch_sharding: Any = None
+    data_config: DataConfig = DataConfig()
 
     def steps(self, data: PyTree) -> int:
         """Training steps of one epoch over ``data`` (summed over the parts of a
@@ -141,7 +145,8 @@ class Trainer:
                 start += n_steps
             return state, total / max(int(offsets[-1]), 1)
         state, loss = train_epoch(state, data, rates, task=self.task, tx=self.tx,
-                                  batch_size=self.batch_size, batch_sharding=self.batch_sharding)
+                                  batch_size=self.batch_size, batch_sharding=self.batch_sharding,
+                                  data_config=self.data_config)
         loss = float(loss)
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} in {where}")
@@ -153,7 +158,7 @@ class Trainer:
             return sum(self.error(state, p) * num_examples(p) for p in data.parts) / \
                 num_examples(data)
         return evaluate(state.params, state.aux, data, task=self.task,
-                        batch_size=self.eval_batch_size)
+                        batch_size=self.eval_batch_size, data_config=self.data_config)
 
     def gradients(self, state: TrainState, data: PyTree) -> PyTree:
         """The epoch-mean growth gradient (:func:`gpjax.train.growth_gradients`); over a

@@ -39,6 +39,7 @@ present.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -52,7 +53,9 @@ import numpy as np
 
 import gpjax
 from gpjax._files import atomic_write_text, replace_dir
-from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
+from gpjax.data.npz import DataFile, DataFileError, check_source, holdout, read_data
+from gpjax.data.pipeline import DataConfig, SourceSplit
+from gpjax.data.stream import num_examples, take
 from gpjax.distributed import DataMesh, is_primary, primary_lock, sync
 from gpjax.incremental import integrity
 from gpjax.incremental.checkpoint import CheckpointCorruptError, RoundCheckpointer
@@ -90,6 +93,8 @@ class Recipe:
       checkpoint_every, prune_checkpoint_every: in-update checkpoints (for ``--resume``).
       checkpoint_interval_s: at most one in-update checkpoint inside a phase per this many
         seconds (phase ends always save; 0: every time).
+      data: how data reach the device: an update whose files (as float32) fit
+        ``data.memory_budget`` loads them whole, a larger one streams them (Grain).
     """
 
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -101,6 +106,7 @@ class Recipe:
     checkpoint_every: int = 5
     prune_checkpoint_every: int = 5
     checkpoint_interval_s: float = 60.0
+    data: DataConfig = DataConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +115,7 @@ class Recipe:
     def from_dict(cls, d: dict) -> Recipe:
         d = dict(d)
         d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
+        d["data"] = DataConfig(**d.get("data", {}))
         return cls(**d)
 
 
@@ -133,6 +140,13 @@ class LoadedModel:
     nonrecoverable: dict | None
     manifest: dict
     state: TrainState
+
+
+def _head(data: tuple | SourceSplit, n: int) -> tuple:
+    """The first ``n`` examples of arrays or of a streamed split, as arrays."""
+    if isinstance(data, SourceSplit):
+        return data.examples(np.arange(min(n, len(data))))
+    return tuple(a[:n] for a in data)
 
 
 def _vname(v: int) -> str:
@@ -164,7 +178,8 @@ class ModelStore:
         self.task, self.metrics = factory(self.model, augment=augment,
                                           eval_batch_size=self.recipe.eval_batch_size)
         self.trainer = Trainer(self.task, make_optimizer(self.recipe.optimizer),
-                               self.recipe.batch_size, self.recipe.eval_batch_size, True)
+                               self.recipe.batch_size, self.recipe.eval_batch_size, True,
+                               data_config=self.recipe.data)
 
     # ------------------------------------------------------------------------- create / open
     @classmethod
@@ -381,17 +396,24 @@ class ModelStore:
         m = self.load(version)
         f = self._read(data)
         out = {"version": m.version, "n": len(f), "data": f.name,
-               **self.metrics(m.params, m.aux, f.arrays)}
+               **self.metrics(m.params, m.aux, self._view(f))}
         if m.nonrecoverable is not None:
             nr = m.nonrecoverable
             out.update({f"{k}_nonrecoverable": v
-                        for k, v in self.metrics(nr["params"], nr["aux"], f.arrays).items()})
+                        for k, v in self.metrics(nr["params"], nr["aux"], self._view(f)).items()})
         return out
 
     # ------------------------------------------------------------------------- data
     def _read(self, source) -> DataFile:
         return read_data(source, input_shape=self.spec["input_shape"],
                          num_classes=self.spec["num_classes"])
+
+    def _view(self, f: DataFile, streamed: bool | None = None) -> tuple | SourceSplit:
+        """A file's examples: arrays in memory, or (beyond the recipe's memory budget, or when
+        ``streamed``) a streamed split read through the Grain pipeline."""
+        if streamed is None:
+            streamed = not self.recipe.data.fits(f.nbytes())
+        return SourceSplit([f]) if streamed else f.arrays
 
     def _entry(self, f: DataFile, role: str, added_in: int) -> dict:
         """A file's manifest entry; ``role``: "train" (a held-out fraction validates),
@@ -405,15 +427,16 @@ class ModelStore:
                                 "seed": self.recipe.seed})
         return entry
 
-    def _parts(self, f: DataFile, entry: dict) -> tuple[tuple | None, tuple | None]:
-        """(training arrays, validation arrays) of a file by its manifest entry."""
+    def _parts(self, f: DataFile, entry: dict, streamed: bool) -> tuple:
+        """(training examples, validation examples) of a file by its manifest entry: arrays,
+        or streamed splits (the hold-out taken by index)."""
+        whole = self._view(f, streamed)
         if entry["role"] == "validation":
-            return None, f.arrays
+            return None, whole
         if entry["role"] == "train_all":
-            return f.arrays, None
+            return whole, None
         tr, va = holdout(f, entry["split"]["fraction"], entry["split"]["seed"])
-        take = lambda idx: tuple(a[idx] for a in f.arrays)  # noqa: E731
-        return take(tr), (take(va) if len(va) else None)
+        return take(whole, tr), (take(whole, va) if len(va) else None)
 
     def _old_files(self, parent: dict, old: Sequence | None) -> list[tuple[DataFile, dict]]:
         """The parent's data, found through its manifest (fingerprints checked), or ``old``."""
@@ -434,8 +457,9 @@ class ModelStore:
                     from None
             if f.sha256 != e["sha256"]:
                 raise StoreError(f"earlier data file {e['path']} (version {e['added_in']}) has "
-                                 "changed since it was used (its fingerprint differs); restore "
-                                 "it, or pass the earlier data explicitly with --old")
+                                 f"changed since it was used (fingerprint {f.sha256[:12]}, "
+                                 f"recorded {e['sha256'][:12]}); restore it, or pass the "
+                                 "earlier data explicitly with --old")
             out.append((f, e))
         return out
 
@@ -462,7 +486,8 @@ class ModelStore:
         earlier example.
 
         Args:
-          new_data: the new examples (an ``.npz`` path, ``tfds:NAME`` or ``(x, y)``).
+          new_data: the new examples (an ``.npz`` path, a directory of ``x.npy`` + ``y.npy``,
+            an ArrayRecord file, ``tfds:NAME`` or ``(x, y)``).
           old: the earlier data, given explicitly (instead of the manifests' files).
           validation: a validation file for the new data (default: a held-out fraction).
           test: a test file, reported only.
@@ -626,25 +651,26 @@ class ModelStore:
 
     def _fix_shapes(self, f: DataFile) -> None:
         """The first data fix the model's input shape and classes (checked on later files)."""
-        x = f.arrays[0]
-        variables = self.model.init(jax.random.PRNGKey(0), x[:1], train=False)
-        classes = int(self.model.apply(variables, x[:1], train=False).shape[-1])
-        from gpjax.data.npz import check_classification
-        check_classification(f.name, *f.arrays, num_classes=classes)
+        x = f.read(np.arange(1))[0]
+        variables = self.model.init(jax.random.PRNGKey(0), x, train=False)
+        classes = int(self.model.apply(variables, x, train=False).shape[-1])
+        check_source(f.source, num_classes=classes)
         self.spec = {**self.spec, "input_shape": list(x.shape[1:]), "num_classes": classes}
 
     def _round_data(self, files) -> tuple[RoundData, dict]:
         new_v = max(e["added_in"] for _, e in files)
+        streamed = not self.recipe.data.fits(sum(f.nbytes() for f, _ in files))
         parts = {"new": [], "old": [], "val_new": [], "val_old": []}
         for f, e in files:
-            tr, va = self._parts(f, e)
+            tr, va = self._parts(f, e, streamed)
             is_new = e["added_in"] == new_v
             if tr is not None:
                 parts["new" if is_new else "old"].append(tr)
             if va is not None:
                 parts["val_new" if is_new else "val_old"].append(va)
-        cat = lambda xs: None if not xs else tuple(  # noqa: E731
-            np.concatenate(cols) for cols in zip(*xs))
+        cat = lambda xs: None if not xs else (  # noqa: E731
+            functools.reduce(SourceSplit.concat, xs) if streamed
+            else tuple(np.concatenate(cols) for cols in zip(*xs)))
         new = cat(parts["new"])
         every = cat(parts["old"] + parts["new"])
         val = {"old": cat(parts["val_old"]), "new": cat(parts["val_new"]),
@@ -658,13 +684,19 @@ class ModelStore:
              max_forgetting: float | None) -> dict:
         rec, pol = job["record"], job["policy"]
         data, val = self._round_data(job["files"])
-        example = tuple(a[:2] for a in data.all)
-        # Data parallel over every device of every process (each holds its rows only).
+        example = _head(data.all, 2)
+        # Data parallel over every device of every process (each holds its rows only);
+        # streamed splits are read block by block instead (one process).
         place = DataMesh()
-        data = RoundData(*(None if d is None else place.put(d)
-                           for d in (data.new, data.all, data.validation)))
-        val = {k: None if v is None else place.put(v) for k, v in val.items()}
-        test = None if job["test"] is None else place.put(job["test"].arrays)
+        put = lambda d: d if d is None or isinstance(d, SourceSplit) else place.put(d)  # noqa: E731
+        data = RoundData(*(put(d) for d in (data.new, data.all, data.validation)))
+        val = {k: put(v) for k, v in val.items()}
+        test = None if job["test"] is None else put(self._view(job["test"]))
+        if jax.process_count() > 1 and any(isinstance(d, SourceSplit) for d in data):
+            raise StoreError(f"the data exceed the recipe's memory budget "
+                             f"({self.recipe.data.memory_budget:,} bytes) and streamed data take "
+                             "one process; Fix: run it in one process, or raise it with --set "
+                             "data.memory_budget=BYTES at `gpjax init`")
         trainer = dataclasses.replace(self.trainer, progress=progress,
                                       batch_sharding=place.batch_sharding(self.trainer.batch_size))
         plan = pol.round_plan(rec["round"])
@@ -734,7 +766,8 @@ class ModelStore:
 
     def _metrics(self, state, nonrec, val, test, parent, log, data) -> dict:
         err = lambda st, d: None if d is None else 100.0 * evaluate(  # noqa: E731
-            st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size)
+            st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size,
+            data_config=self.recipe.data)
         counts = gpjax.count_params(state.masks)
         dead = gpjax.dead_units(state.masks, input_fed=list(self.task.input_kernels))
         m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
@@ -747,7 +780,7 @@ class ModelStore:
              "epochs": log.cost.epochs, "epochs_by_phase": log.cost.by_phase,
              "raw_epochs": log.cost.raw_epochs, "examples": log.cost.examples,
              "wall_time_s": log.cost.wall_time_s,
-             "n_train": int(len(data.all[0])), "n_new": int(len(data.new[0]))}
+             "n_train": num_examples(data.all), "n_new": num_examples(data.new)}
         prev = None if parent is None else parent["metrics"]["val_error"]
         m["forgetting"] = (None if prev is None or m["val_error_old"] is None
                            else m["val_error_old"] - prev)
