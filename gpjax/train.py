@@ -367,19 +367,22 @@ def _evaluate(params, aux, data, task: Task, batch_size: int):
 
 def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
              batch_size: int = 1000, max_block_bytes: int = stream.MAX_BLOCK_BYTES) -> float:
-    """Mean per-example error of the model on ``data`` (a fraction in [0, 1]).
+    """Mean per-example error of the model on ``data`` (a fraction in [0, 1]), passed through
+    ``task.aggregate`` when the task has one (regression: the root of the mean, the RMSE / 100).
 
     ``data``: a pytree of arrays ``[N, ...]`` (one jitted scan) or a streamed split (blocks of
     whole batches of about ``max_block_bytes``, evaluation view, one scan each).
     """
     if not stream.is_streamed(data):
-        return float(_evaluate(params, aux, data, task, batch_size))
-    n = len(data)
-    block = stream.block_size(data, min(batch_size, n), max_block_bytes)
-    total = jnp.zeros((), jnp.float32)
-    for part in stream.iterate_blocks(data, np.arange(n), block):
-        total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
-    return float(total) / n
+        mean = float(_evaluate(params, aux, data, task, batch_size))
+    else:
+        n = len(data)
+        block = stream.block_size(data, min(batch_size, n), max_block_bytes)
+        total = jnp.zeros((), jnp.float32)
+        for part in stream.iterate_blocks(data, np.arange(n), block):
+            total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
+        mean = float(total) / n
+    return mean if task.aggregate is None else task.aggregate(mean)
 
 
 @functools.cache

@@ -130,9 +130,38 @@ def check_classification(name: str, x: np.ndarray, y: np.ndarray, *,
     return x, y.astype(np.int32)
 
 
+def check_regression(name: str, x: np.ndarray, y: np.ndarray, *,
+                     input_shape: tuple | None = None,
+                     target_shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float32, y float32)`` of a regression file: float targets ``[N]`` or ``[N, k]``.
+
+    Raises:
+      DataFileError: naming ``name``, the array and the fix (integer targets are refused: they
+        are class labels, the classifier's convention).
+    """
+    if len(x) == 0 or len(x) != len(y):
+        raise DataFileError(f"{name}: x has {len(x)} examples and y {len(y)}; give one target "
+                            "per example, at least one example")
+    if not np.issubdtype(y.dtype, np.floating):
+        raise DataFileError(f"{name}: y has dtype {y.dtype}, but a regression store takes float "
+                            "targets [N] or [N, k]; Fix: save y.astype(np.float32), or make a "
+                            "classifier store (--task classifier) for class labels")
+    if y.ndim not in (1, 2):
+        raise DataFileError(f"{name}: y has shape {y.shape}; regression targets are [N] or "
+                            "[N, k]; Fix: reshape y to (N, k)")
+    if target_shape is not None and tuple(y.shape[1:]) != tuple(target_shape):
+        raise DataFileError(f"{name}: y has targets of shape {tuple(y.shape[1:])}, the store's "
+                            f"have {tuple(target_shape)}; Fix: give targets of the store's shape")
+    x, _ = check_classification(name, x, np.zeros(len(x), np.int32), input_shape=input_shape)
+    if not np.all(np.isfinite(y)):
+        raise DataFileError(f"{name}: y has NaN/inf targets; clean or drop those examples")
+    return x, y.astype(np.float32)
+
+
 def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = None,
-              num_classes: int | None = None, name: str | None = None) -> DataFile:
-    """Reads and checks one classification data source.
+              num_classes: int | None = None, name: str | None = None,
+              target_shape: tuple | None = None, regression: bool = False) -> DataFile:
+    """Reads and checks one classification (or, with ``regression``, regression) data source.
 
     Args:
       source: an ``.npz`` path, ``"tfds:NAME"`` (its train split, via ``tfds.data_source``) or
@@ -140,6 +169,8 @@ def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = 
       input_shape: the model's example shape (checked when given).
       num_classes: the model's class count (labels checked when given).
       name: a label for in-memory arrays (default ``"<arrays>"``).
+      target_shape: regression targets' shape per example (checked when given).
+      regression: float targets (:func:`check_regression`) instead of integer labels.
 
     Raises:
       DataFileError: the source cannot be used (see the module docstring).
@@ -154,7 +185,11 @@ def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = 
         path = Path(source).expanduser().absolute()
         label = str(path)
         x, y = _load_npz(path)
-    x, y = check_classification(label, x, y, input_shape=input_shape, num_classes=num_classes)
+    if regression:
+        x, y = check_regression(label, x, y, input_shape=input_shape, target_shape=target_shape)
+    else:
+        x, y = check_classification(label, x, y, input_shape=input_shape,
+                                    num_classes=num_classes)
     return DataFile(label, (x, y), fingerprint((x, y)))
 
 
@@ -173,5 +208,5 @@ def holdout(file: DataFile, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-__all__ = ["DataFile", "DataFileError", "check_classification", "fingerprint", "holdout",
-           "read_data"]
+__all__ = ["DataFile", "DataFileError", "check_classification", "check_regression",
+           "fingerprint", "holdout", "read_data"]
