@@ -56,7 +56,7 @@ def _split(model) -> tuple[_Parts, dict, dict]:
     param_def, param_paths = _layout(params)
     aux_def, aux_paths = _layout(rest)
     streams = tuple(sorted({getattr(v, "tag", None) or path[-2]
-                            for path, v in rng.flat_state() if isinstance(v, nnx.RngKey)}))
+                            for path, v in nnx.to_flat_state(rng) if isinstance(v, nnx.RngKey)}))
     rng_leaves, rng_def = jax.tree.flatten(rng)
     parts = _Parts(graphdef, param_def, param_paths, aux_def, aux_paths, rng_def,
                    tuple(rng_leaves), streams)
