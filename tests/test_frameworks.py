@@ -401,3 +401,14 @@ def test_a_class_of_no_framework_is_refused_in_python():
         from_class(Plain, {})
     with pytest.raises(ModelFrameworkError, match="Fix:"):
         as_adapter(Plain())
+
+
+def test_forward_is_the_evaluation_apply(files):
+    """Adapter.forward(aux): the function compact/export take, equal to apply(train=False)."""
+    sys.path.insert(0, str(files))
+    import fw_models
+    a = from_class(fw_models.BNNet, {})
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
+    params, aux = a.init(jax.random.PRNGKey(0), x[:1])
+    np.testing.assert_array_equal(np.asarray(jax.jit(a.forward(aux))(params, x)),
+                                  np.asarray(a.apply(params, aux, x, train=False)[0]))

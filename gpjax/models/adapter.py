@@ -77,6 +77,12 @@ class Adapter:
     module: Any = None
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def forward(self, aux: PyTree) -> Callable[[PyTree, Any], Any]:
+        """``forward(params, x) -> outputs``: the model in evaluation mode with ``aux`` bound
+        (pure, jittable; what ``gpjax.chain.ModelFn(forward, layout, input_shape, kernels)``
+        takes for compact/export)."""
+        return lambda params, x: self.apply(params, aux, x, train=False)[0]
+
     def kernel_paths(self, params: PyTree, aux: PyTree, example: Any) -> tuple[str, ...]:
         """The kernels (rank >= 2 params) in the order the forward pass first multiplies by
         them (see :func:`kernel_order`)."""
