@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job: grow-and-prune LeNet-300-100 on MNIST from a 10%-dense mask (3-10 min on 2 CPU cores).
+## The main job: a model store on MNIST, made from the first half of the data and updated with
+## the second (gpjax init, gpjax update, history, export; experiments/results/demo has timings).
 demo: $(STAMP)
-	$(BIN)/python -m experiments.mnist_demo --out results/demo $(ARGS)
+	$(BIN)/python -m experiments.demo --out results/demo $(ARGS)
 
 ## The test suite (what CI runs).
 test: $(STAMP)

@@ -23,7 +23,7 @@ import optax
 
 import gpjax
 from benchmarks.harness import Timer, best_threads, fresh_copy, med
-from gpjax.models import DeepSpeech2, LeNet5, ResNet18, deepspeech2_loss
+from gpjax.models import DeepSpeech2, LeNet5, LeNet300, ResNet18, deepspeech2_loss
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -92,6 +92,15 @@ class ModelCase:
         return int(sum(np.size(p) for p in jax.tree.leaves(self.params)))
 
 
+def _torch() -> Any:
+    """PyTorch, or None where it is not installed (a case then has no PyTorch batches)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def init_variables(model, *args, density: float = 0.1, seed: int = 0):
     """``(params, batch_stats or None, masks)`` of ``model`` on inputs like ``args``, built in
     numpy from the shapes (no compilation): LeCun-normal kernels, zero biases (the forget
@@ -126,11 +135,26 @@ def _ce(logits, y):
 
 def lenet5_case(batch: int, steps: int, density: float = 0.1, seed: int = 0) -> ModelCase:
     """LeNet-5 on random 28x28 images (``x [B, 784]``, ``y [B]``)."""
-    import torch
+    return _mnist_case("LeNet-5", LeNet5(), batch, steps, density, seed)
 
-    from benchmarks.torch_models import TorchLeNet5
 
-    model = LeNet5()
+def lenet300_case(batch: int, steps: int, density: float = 0.1, seed: int = 0) -> ModelCase:
+    """LeNet-300-100 on random 28x28 images (``x [B, 784]``, ``y [B]``)."""
+    return _mnist_case("LeNet-300-100", LeNet300(), batch, steps, density, seed)
+
+
+def _mnist_case(name: str, model: Any, batch: int, steps: int, density: float,
+                seed: int) -> ModelCase:
+    """A LeNet on random 28x28 images; its PyTorch twin from :mod:`benchmarks.torch_models`."""
+    torch = _torch()
+
+    def make_torch(p, m, a):
+        from benchmarks import torch_models
+
+        cls = torch_models.TorchLeNet5 if isinstance(model, LeNet5) else \
+            torch_models.TorchLeNet300
+        return cls().load_jax(p, m, lr=LR, momentum=MOMENTUM)
+
     params, _, masks = init_variables(model, jnp.zeros((1, 784), jnp.float32),
                                       density=density, seed=seed)
 
@@ -141,18 +165,15 @@ def lenet5_case(batch: int, steps: int, density: float = 0.1, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     batches = [(rng.random((batch, 784), dtype=np.float32),
                 rng.integers(0, 10, batch).astype(np.int32)) for _ in range(steps)]
-    tb = [(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))) for x, y in batches]
-    return ModelCase("LeNet-5", f"28x28x1, batch {batch}", params, None, masks, loss_fn,
-                     batches, tb, lambda p, m, a: TorchLeNet5().load_jax(p, m, lr=LR,
-                                                                         momentum=MOMENTUM))
+    tb = [(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
+          for x, y in batches] if torch else []
+    return ModelCase(name, f"28x28x1, batch {batch}", params, None, masks, loss_fn,
+                     batches, tb, make_torch)
 
 
 def resnet18_case(cfg: ModelsConfig, seed: int = 0) -> ModelCase:
     """ResNet-18 (small stem, BN train mode) on random ``[B, H, W, C]`` images."""
-    import torch
-
-    from benchmarks.torch_models import TorchResNet18
-
+    torch = _torch()
     model = ResNet18(num_classes=cfg.resnet_classes, small_stem=True, width=cfg.resnet_width,
                      stage_sizes=cfg.resnet_stages)
     b, s, c = cfg.resnet_batch, cfg.resnet_image, cfg.resnet_channels
@@ -170,9 +191,11 @@ def resnet18_case(cfg: ModelsConfig, seed: int = 0) -> ModelCase:
                 rng.integers(0, cfg.resnet_classes, b).astype(np.int32))
                for _ in range(cfg.resnet_steps)]
     tb = [(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
-           torch.from_numpy(y.astype(np.int64))) for x, y in batches]
+           torch.from_numpy(y.astype(np.int64))) for x, y in batches] if torch else []
 
     def make_torch(p, m, a):
+        from benchmarks.torch_models import TorchResNet18
+
         return TorchResNet18(small_stem=True, stage_sizes=cfg.resnet_stages,
                              width=cfg.resnet_width).load_jax(
             p, m, batch_stats=a, lr=LR, momentum=MOMENTUM)
@@ -206,10 +229,7 @@ def ds2_batches(cfg: ModelsConfig, steps: int, seed: int = 0) -> list:
 
 def ds2_case(cfg: ModelsConfig, seed: int = 0) -> ModelCase:
     """DeepSpeech2-H-LSTM (no dropout) with CTC loss on random MFCC frames."""
-    import torch
-
-    from benchmarks.torch_models import TorchDeepSpeech2
-
+    torch = _torch()
     model = ds2_model(cfg)
     b, t = cfg.ds2_batch, cfg.ds2_frames
     params, _, masks = init_variables(model, jnp.zeros((b, t, cfg.ds2_mfcc), jnp.float32),
@@ -220,9 +240,12 @@ def ds2_case(cfg: ModelsConfig, seed: int = 0) -> ModelCase:
 
     batches = ds2_batches(cfg, cfg.ds2_steps, seed)
     tb = [(torch.from_numpy(f), torch.from_numpy(p), torch.from_numpy(lab.astype(np.int64)),
-           torch.from_numpy((1 - lp).sum(1).astype(np.int64))) for f, p, lab, lp in batches]
+           torch.from_numpy((1 - lp).sum(1).astype(np.int64))) for f, p, lab, lp in batches
+          ] if torch else []
 
     def make_torch(p, m, a):
+        from benchmarks.torch_models import TorchDeepSpeech2
+
         return TorchDeepSpeech2(conv_kernels=model.conv_kernels, conv_strides=model.conv_strides,
                                 num_rnn_layers=cfg.ds2_rnn_layers).load_jax(
             p, m, lr=LR, momentum=MOMENTUM)

@@ -6,6 +6,8 @@ multiplied into the prunable weights in the forward pass (``W * M``, as
 the optimiser step (SGD, with momentum if asked), then re-masks (``W.mul_(M)``), like
 :class:`benchmarks.torch_reference.MaskedMLP`:
 
+* :class:`TorchLeNet300`: LeNet-300-100 (the forward of
+  :meth:`benchmarks.torch_reference.MaskedMLP.forward`), for SGD with momentum;
 * :class:`TorchLeNet5`: conv 5x5 6 (pad 2), pool, conv 5x5 16, pool, FC 120, 84, 10, leaky ReLU;
 * :class:`TorchResNet18`: ResNet-18 with batch norm (train mode: batch statistics, running
   statistics updated with momentum 0.1 = Flax's 0.9), leaky ReLU, small (CIFAR) or ImageNet stem;
@@ -20,6 +22,7 @@ where PyTorch has one: convolution kernels ``[out, in, kh, kw]`` (Flax: ``[kh, k
 activations NCHW. Dense kernels keep Flax's ``[in, out]`` (``torch.addmm(b, x, W)``), except
 LeNet-5's ``fc1``, whose rows are permuted from Flax's (h, w, c) flattening order to PyTorch's
 (c, h, w). :meth:`MaskedTorchModel.grad_as_jax` maps gradients back to Flax layout.
+:meth:`MaskedTorchModel.to` moves a loaded model to a GPU (``"cuda"``).
 """
 
 from __future__ import annotations
@@ -105,6 +108,16 @@ class MaskedTorchModel:
         self.opt = torch.optim.SGD(list(self.p.values()), lr=lr, momentum=momentum)
         return self
 
+    def to(self, device: str | torch.device) -> MaskedTorchModel:
+        """Moves parameters, masks and buffers to ``device`` right after :meth:`load_jax`
+        (the optimiser is rebuilt with the same settings; it holds no state yet)."""
+        settings = {k: self.opt.defaults[k] for k in ("lr", "momentum")}
+        self.p = {k: v.detach().to(device).requires_grad_(True) for k, v in self.p.items()}
+        self.m = {k: v.to(device) for k, v in self.m.items()}
+        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        self.opt = torch.optim.SGD(list(self.p.values()), **settings)
+        return self
+
     def w(self, name: str) -> torch.Tensor:
         """The effective parameter: ``W * M`` if masked, else ``W``."""
         p = self.p[name]
@@ -148,6 +161,22 @@ class MaskedTorchModel:
         for p in self.p.values():
             p.grad = None
         return float(loss.detach()), grads
+
+
+# ----------------------------------------------------------------------------- LeNet-300-100
+
+class TorchLeNet300(MaskedTorchModel):
+    """LeNet-300-100 as :class:`gpjax.models.LeNet300` (layers ``fc1``, ``fc2``, ...); batch
+    ``(x [B, 784] or [B, 28, 28, 1], y [B])``."""
+
+    def loss(self, batch: tuple) -> torch.Tensor:
+        from benchmarks.torch_reference import MaskedMLP
+
+        x, y = batch
+        names = sorted({k.split("/")[0] for k in self.p}, key=lambda n: int(n[2:]))
+        logits = MaskedMLP.forward([self.w(f"{n}/kernel") for n in names],
+                                   [self.p[f"{n}/bias"] for n in names], x)
+        return F.cross_entropy(logits, y)
 
 
 # ----------------------------------------------------------------------------- LeNet-5
@@ -295,11 +324,13 @@ class TorchDeepSpeech2(MaskedTorchModel):
             x = _leaky(F.conv2d(x, self.w(f"conv{n + 1}/kernel"), self.p[f"conv{n + 1}/bias"],
                                 stride=stride))
             lengths = (lengths + stride[0] - 1) // stride[0]
-            paddings = (torch.arange(x.shape[2])[None, :] >= lengths[:, None]).float()
+            paddings = (torch.arange(x.shape[2], device=x.device)[None, :]
+                        >= lengths[:, None]).float()
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1)     # [B, T', F' * C]
         t_len = x.shape[1]
         # Flax's flip_sequences: reverse each utterance within its length (padding kept last).
-        rev = (torch.arange(t_len - 1, -1, -1)[None, :] + lengths[:, None]) % t_len  # [B, T']
+        rev = (torch.arange(t_len - 1, -1, -1, device=x.device)[None, :]
+               + lengths[:, None]) % t_len                                # [B, T']
         for n in range(self.num_rnn_layers):
             pre = f"birnn{n + 1}"
             fwd = self._run_direction(x, f"{pre}/forward_rnn/cell")

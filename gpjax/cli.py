@@ -15,6 +15,8 @@ Experiments::
         --set prune.tolerance=0.2 --set grow_every=2 --out results/quick
     gpjax run ... --resume          # continue every (policy, seed) from its last checkpoint
     gpjax report results/mnist      # Markdown table (TFS / NFT / NeST / Ours per round)
+    gpjax report results/mnist --iterations --round 9   # every pruning iteration, round 9
+    gpjax run ... --set max_epochs=30 --set prune.target_params=20000   # budgets per round
     gpjax plot results/mnist        # PNGs: error, parameters, cost vs round
 
 ``--set KEY=VALUE`` sets a field of the experiment config (``batch_size``, ``n_train``,
@@ -124,7 +126,8 @@ def scale_epochs(policy, factor: float):
     changes = {}
     for f in dataclasses.fields(policy):
         v = getattr(policy, f.name)
-        if f.name.endswith("epochs") and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        if (f.name.endswith("epochs") and f.name != "max_epochs"  # a cap is kept as given
+                and isinstance(v, int) and not isinstance(v, bool) and v > 0):
             changes[f.name] = max(1, round(v * factor))
     return dataclasses.replace(policy, **changes)
 
@@ -193,12 +196,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(out)
     _check_runs(cfg, pols, seeds, out, args)
+    built = {}
+    if any(p.prune.target_params is not None for p in pols):
+        key = seeds[0] if cfg.data_seed is None else None
+        built = {key: build(cfg, seeds[0])}
+        _check_target(built[key], pols)
     out.mkdir(parents=True, exist_ok=True)
     devices = None
     if args.devices:
         import jax
         devices = jax.local_devices()[: args.devices]
-    built = {}
     for seed in seeds:
         for pol in pols:
             key = seed if cfg.data_seed is None else None
@@ -216,6 +223,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = _load(out)
         _write_report(rows, out)
     return 0
+
+
+def _check_target(exp, pols) -> None:
+    """Refuses a ``prune.target_params`` above the model's connections (before any run)."""
+    import jax
+
+    from gpjax.masks import count_params, init_masks
+    params, _ = exp.task.init(jax.random.PRNGKey(0), exp.example_batch)
+    dense = count_params(init_masks(params)).dense
+    for p in pols:
+        n = p.prune.target_params
+        if n is not None and n > dense:
+            raise UsageError(f"--set prune.target_params={n} ({p.name}) is more than the "
+                             f"model's {dense} connections; Fix: give a target <= {dense}")
 
 
 def _check_runs(cfg, pols, seeds, out: Path, args) -> None:
@@ -258,10 +279,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("no readable results.json under " + ", ".join(args.paths), file=sys.stderr)
         return 1
     text = markdown_table(rows)
+    if args.iterations:
+        text += _iterations_text(rows, args.round)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _iterations_text(rows: list[dict], round_index: int | None) -> str:
+    """``gpjax report --iterations``: every pruning iteration of each (policy, seed, round)."""
+    from gpjax.report import iteration_table, label_variants, ordered_policies
+    rows = label_variants(rows)
+    order = {p: i for i, p in enumerate(ordered_policies(rows))}
+    parts = [iteration_table(r) for r in sorted(
+        rows, key=lambda r: (order[r["policy"]], str(r["seed"]), r["round"]))
+        if round_index is None or r["round"] == round_index]
+    parts = [p for p in parts if p]
+    head = "\n## Pruning iterations\n\n"
+    return head + ("\n".join(parts) if parts else
+                   "No row records its pruning iterations (`prune_log`: rows written before "
+                   "it existed).\n")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -335,6 +373,10 @@ def parser() -> argparse.ArgumentParser:
     rep = command("report", "Markdown table from results", "gpjax report results/mnist")
     rep.add_argument("paths", nargs="+", help="results.json files or directories")
     rep.add_argument("--out", default=None, help="write the table here too")
+    rep.add_argument("--iterations", action="store_true",
+                     help="also list every pruning iteration of every run (prune_log)")
+    rep.add_argument("--round", type=int, default=None,
+                     help="with --iterations: that round's only")
     rep.set_defaults(func=cmd_report)
     pl = command("plot", "PNG plots from results or of a model store's versions",
                  "gpjax plot results/mnist   (or: gpjax plot store/)")

@@ -5,6 +5,7 @@ Examples::
     gpjax export store/ --out artifact/ --test test.npz       # LATEST version of a model store
     gpjax export results/mnist/growprune-seed0 --round 9 --out artifact/   # a gpjax run's round
     gpjax export store/ --out a/ --layers Dense_0/kernel,Dense_1/kernel   # your own Dense chain
+    gpjax export store/ --out a/ --platforms cpu,cuda     # one artifact for CPU and NVIDIA GPU
 
 The artifact's layout and loader: :mod:`gpjax.export`.
 """
@@ -15,6 +16,20 @@ import argparse
 from pathlib import Path
 
 from gpjax._cli_common import UsageError, positive_ints, table
+
+
+def _model_fn(model, chosen: dict, input_shape):
+    """An NNX/Equinox model (its :class:`~gpjax.models.adapter.Adapter`) as the
+    :class:`~gpjax.chain.ModelFn` compact reads: evaluation forward with ``aux`` bound, its
+    layout, the store's input shape and the kernels in forward order; a linen module as is."""
+    from gpjax.chain import ModelFn
+    from gpjax.models.adapter import Adapter
+    if not isinstance(model, Adapter):
+        return model
+    import numpy as np
+    x = np.zeros((1, *input_shape), np.float32)
+    kernels = model.kernel_paths(chosen["params"], chosen["aux"], x)
+    return ModelFn(model.forward(chosen["aux"]), model.layout, tuple(input_shape), kernels)
 
 
 def load_for_export(source: str | Path, *, version: int | None = None,
@@ -33,7 +48,8 @@ def load_for_export(source: str | Path, *, version: int | None = None,
         m = store.load(version)
         chosen = m.nonrecoverable if which == "nonrecoverable" and m.nonrecoverable else {
             "params": m.params, "masks": m.masks, "aux": m.aux}
-        return {"model": m.model, **chosen, "input_shape": store.spec["input_shape"],
+        return {"model": _model_fn(m.model, chosen, store.spec["input_shape"]), **chosen,
+                "input_shape": store.spec["input_shape"],
                 "num_classes": store.spec["num_classes"],
                 "source": f"model store {store.path}, version {m.version}"}
     if version is not None:
@@ -51,6 +67,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from gpjax.export import export_from_state
+    from gpjax.export.artifact import resolve_platforms
+    try:
+        platforms = resolve_platforms(args.platforms) if args.platforms else None
+    except ValueError as e:
+        raise UsageError(f"--platforms: {e}") from None
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"--out {out} exists; export never overwrites: choose a new directory")
@@ -69,7 +90,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_from_state(got["model"], got["params"], got["masks"], got["aux"], out,
                                  example_input=example, source=got["source"], test_data=test,
                                  format=args.format, batch_sizes=args.batch_sizes,
-                                 repeats=args.repeats, portable=args.portable, **layers)
+                                 repeats=args.repeats, portable=args.portable,
+                                 platforms=platforms, **layers)
     print(table([{**manifest, "out": str(out)}],
                  [("out", "artifact", "{}"), ("parameters.active", "active params", "{:,}"),
                   ("parameters.compact_dense", "compact dense params", "{:,}"),
@@ -109,4 +131,8 @@ def add_export_parser(sub, formatter) -> None:
     x.add_argument("--portable", action="store_true",
                    help="only operations under jax.export's compatibility guarantees (no CSR "
                         "layers: their CPU kernel is a jaxlib custom call)")
+    x.add_argument("--platforms", default=None, metavar="P,P,...",
+                   help="lower for these platforms (cpu, cuda, rocm, tpu; default: this "
+                        "machine's): several make one multi-platform artifact, computed "
+                        "compact dense without timing (timed only for one platform present)")
     x.set_defaults(func=cmd_export)

@@ -6,6 +6,7 @@ Examples::
     gpjax init store/ --model mymodels:Classifier --model-kwargs '{"width": 64}' --data a.npz
     gpjax update store/ --data part2.npz --test test.npz --max-forgetting 0.5
     gpjax update store/ --data part2.npz --resume      # continue an interrupted update
+    gpjax update store/ --data part2.npz --target-params 20000 --max-epochs 30  # a budget
     gpjax history store/            # a table of versions (--json for the manifests)
     gpjax evaluate store/ --data test.npz --version 1
     gpjax promote store/ --version 1  # roll LATEST back (or forward)
@@ -103,12 +104,25 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from gpjax.incremental.policies import Budget
     from gpjax.incremental.store import ModelStore
     store = ModelStore.open(args.store)
+    recipe_over, policy_over = _sets(args.set)
+    if recipe_over:
+        raise UsageError(f"--set {', '.join(recipe_over)}: the recipe is the store's, fixed at "
+                         "`gpjax init`; Fix: --set only policy fields (new_epochs, "
+                         "prune.tolerance, ...) in an update")
     manifest = store.update(args.data, old=args.old, validation=args.validation, test=args.test,
                             max_forgetting=args.max_forgetting, resume=args.resume,
-                            progress=not args.no_progress, policy=args.policy)
+                            progress=not args.no_progress, policy=args.policy,
+                            policy_overrides=policy_over,
+                            budget=Budget(args.target_params, args.max_epochs))
     _print_version(store, manifest)
+    budget = manifest.get("budget", {})
+    if budget.get("target_met") is False:
+        print(f"version {manifest['version']} has {manifest['metrics']['params']:,} active "
+              f"connections, more than --target-params {budget['target_params']:,}: recoverable "
+              f"pruning stopped ({', '.join(manifest['stopped'].values())}) before reaching it")
     return 0
 
 
@@ -218,8 +232,17 @@ def add_parsers(sub, formatter) -> None:
     u.add_argument("--test", default=None, help="test file (reported only)")
     u.add_argument("--policy", default=None, choices=list(POLICIES),
                    help="this update's policy (default: the store's)")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a field of this update's policy (new_epochs, prune.tolerance, epochs "
+                        "with --policy tfs), on top of the store's")
     u.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
                    help="keep but do not promote a version whose old-data error rose more")
+    u.add_argument("--target-params", type=int, default=None, metavar="N",
+                   help="prune this update's model to at most N active connections (the "
+                        "most accurate model the pruning makes at or under N)")
+    u.add_argument("--max-epochs", type=float, default=None, metavar="E",
+                   help="cap this update's cost at E normalised epochs (growth, training, "
+                        "retraining and non-recoverable pruning together)")
     u.add_argument("--resume", action="store_true", help="continue an interrupted update")
     u.add_argument("--no-progress", action="store_true", help="no progress bars")
     u.set_defaults(func=cmd_update)

@@ -100,6 +100,7 @@ def test_bench_core_quick_tiny_writes_the_table(tmp_path):
 _TINY = bench_models.ModelsConfig.tiny()
 _CASES = {
     "lenet5": lambda: bench_models.lenet5_case(8, 1, density=0.5),
+    "lenet300": lambda: bench_models.lenet300_case(8, 1, density=0.5),
     "resnet18": lambda: bench_models.resnet18_case(_TINY),
     "ds2": lambda: bench_models.ds2_case(_TINY),
 }

@@ -136,8 +136,9 @@ def test_loader_runs_csr_products_in_a_fresh_process(tmp_path):
 
     (b,) = jax_export.symbolic_shape("b")
     exp = jax_export.export(
-        jax.jit(infer), disabled_checks=[jax_export.DisabledSafetyCheck.custom_call(t)
-                                         for t in CSR_CUSTOM_CALLS])(
+        jax.jit(infer), platforms=["cpu"],
+        disabled_checks=[jax_export.DisabledSafetyCheck.custom_call(t)
+                         for t in CSR_CUSTOM_CALLS])(
         [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in flat],
         jax.ShapeDtypeStruct((b, 40), np.float32))
     assert any(t in exp.mlir_module() for t in CSR_CUSTOM_CALLS)
@@ -330,13 +331,15 @@ def test_export_uses_a_sparse_product_from_the_batch_size_it_pays(tmp_path, monk
     params, masks = _state(seed=4)
     x = np.random.default_rng(5).normal(size=(40, 784)).astype(np.float32)
     m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
-                           example_input=x[:2], batch_sizes=(1, 32), repeats=1)
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1,
+                           platforms=["cpu"])  # CSR: a CPU product (on a GPU machine too)
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["compute"] == "csr" and r["from_batch"] == 32 for r in sparse)
     assert m["custom_calls"] == ["cpu_csr_sparse_dense_ffi"]
     _assert_exact(tmp_path / "a", params, masks, x)
     p = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "p",
-                           example_input=x[:2], batch_sizes=(1, 32), repeats=1, portable=True)
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1, portable=True,
+                           platforms=["cpu"])
     assert p["custom_calls"] == [] and all(r["compute"] != "csr" for r in p["layers"])
 
 
@@ -351,7 +354,8 @@ def test_export_switches_the_whole_model_where_layers_alone_mislead(tmp_path, mo
     params, masks = _state(seed=6)
     x = np.random.default_rng(7).normal(size=(40, 784)).astype(np.float32)
     m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
-                           example_input=x[:2], batch_sizes=(1, 32), repeats=1)
+                           example_input=x[:2], batch_sizes=(1, 32), repeats=1,
+                           platforms=["cpu"])
     assert m["timings_us"]["chosen"] == "switched"
     sparse = [r for r in m["layers"] if r["compute"] != "dense"]
     assert sparse and all(r["from_batch"] == 32 for r in sparse)
@@ -434,3 +438,80 @@ def test_export_can_compute_a_sparse_convolution_from_its_taps(tmp_path, monkeyp
     shapes = [a.shape for a in np.load(tmp_path / "a" / "weights.npz").values()]
     assert (5, 5, 1, 6) not in shapes and (conv1["nonzero"],) in shapes
     _assert_equals_the_flax_model(tmp_path / "a", *state)
+
+
+def _no_timing(fns, repeats):
+    raise AssertionError("an export for several platforms must not time anything")
+
+
+def test_cpu_cuda_artifact_exported_on_cpu_loads_and_equals_the_model(tmp_path, monkeypatch):
+    """``platforms=("cpu", "cuda")`` on a CPU machine: one multi-platform artifact, chosen by
+    the documented rule without timing (every layer compact dense), recorded in the manifest;
+    its load.py runs it on CPU in a fresh process equal to the masked model."""
+    import gpjax.export.artifact as artifact
+
+    monkeypatch.setattr(artifact, "time_calls", _no_timing)
+    params, masks = _state(seed=10)
+    x = np.random.default_rng(11).normal(size=(20, 784)).astype(np.float32)
+    ref = _masked_forward(params, masks, x)
+    m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
+                           example_input=x[:2], test_data=(x, np.argmax(ref, -1)),
+                           platforms=("cpu", "cuda"), batch_sizes=(1, 32), repeats=1)
+    assert m["platforms"] == ["cpu", "cuda"] and m["custom_calls"] == []
+    assert m["timings_us"]["rule"] == artifact.UNTIMED_RULE
+    assert m["timings_us"]["measured_on"] is None and m["timings_us"]["chosen"] == "dense"
+    assert all(r["compute"] == "dense" for r in m["layers"])
+    assert m["accuracy"]["artifact"] == 1.0 and m["output"]["shape"] == [None, 10]
+    run, errors = _load_with_jax_alone(tmp_path / "a", x, ref, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert max(errors) <= 1e-5
+
+
+@pytest.mark.skipif(any(d.platform != "cpu" for d in jax.devices()), reason="needs no GPU here")
+def test_artifact_for_an_absent_platform_is_written_but_not_run(tmp_path, monkeypatch):
+    """``platforms=("cuda",)`` where there is no GPU: written by the rule, lowered for cuda
+    alone, its accuracy at export unknown (None) while the original's is recorded."""
+    import gpjax.export.artifact as artifact
+
+    monkeypatch.setattr(artifact, "time_calls", _no_timing)
+    params, masks = _state(seed=12)
+    x = np.random.default_rng(13).normal(size=(8, 784)).astype(np.float32)
+    y = np.argmax(_masked_forward(params, masks, x), -1)
+    m = gpjax.export_model(LeNet300(hidden=(32, 16)), params, masks, tmp_path / "a",
+                           example_input=x[:2], test_data=(x, y), platforms=["cuda"])
+    assert m["platforms"] == ["cuda"] and m["accuracy"]["artifact"] is None
+    assert m["accuracy"]["original"] == 1.0
+    with pytest.raises(RuntimeError, match="cuda"):  # no cuda device to run it on
+        artifact.load_artifact(tmp_path / "a")(x)
+
+
+def test_only_products_a_platform_has_are_offered():
+    """CSR (jaxlib's CPU custom call) is offered for a CPU artifact alone; the gather forms
+    for every platform, and they lower for cuda without any custom call."""
+    from jax import export as jax_export
+
+    k = (np.random.default_rng(14).normal(size=(12, 5)) * (np.arange(5) % 2)).astype(np.float32)
+    assert set(sparse_variants(k, platforms=("cpu",))) == {"ell", "segment_sum", "csr"}
+    assert set(sparse_variants(k, platforms=("cpu", "cuda"))) == {"ell", "segment_sum"}
+    assert set(sparse_variants(k, platforms=("cpu",), portable=True)) == {"ell", "segment_sum"}
+    for name, (w, prod) in sparse_variants(k, platforms=("cuda",)).items():
+        exp = jax_export.export(jax.jit(prod), platforms=["cpu", "cuda"])(
+            jax.ShapeDtypeStruct((3, 12), np.float32), w)
+        assert "custom_call" not in exp.mlir_module(), name
+
+
+@pytest.mark.parametrize("bad", ["cpu,gpu", "CUDA", ","])
+def test_unknown_platform_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                            bad):
+    from gpjax import cli
+
+    out = tmp_path / "a"
+    assert cli.main(["export", str(tmp_path / "no-such-run"), "--out", str(out),
+                     "--platforms", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--platforms" in err and "Fix:" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="unknown platform"):
+        gpjax.export_model(LeNet300(hidden=(32, 16)), *_state(), out,
+                           example_input=np.zeros((1, 784), np.float32), platforms=bad.split(","))
+    assert not any(tmp_path.iterdir())

@@ -205,7 +205,6 @@ def test_store_runs_nnx_and_equinox_models(stores, files, name, framework, capsy
         assert not np.allclose(np.asarray(m.aux["bn"]["mean"]), 0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="compact branch: compact/export of NNX and Equinox chains")
 @pytest.mark.parametrize("name", ["CNN", "MLP"])
 def test_export_nnx_and_equinox_models(stores, files, name, tmp_path, capsys):
     """`gpjax export` of the NNX CNN and the Equinox MLP; the artifact, run in a fresh process

@@ -150,3 +150,30 @@ def test_readme_bash_block_names_real_targets_and_subcommands(block):
     for sub in subs:
         assert codes.get(sub) == "0", (f"README.md:{block.line}: `gpjax {sub} --help` exited "
                                        f"{codes.get(sub)}: {out.stderr[-1000:]}")
+
+
+def test_readme_tables_agree_with_their_results_files():
+    """Every generated table of the README is what its committed results file gives now."""
+    from experiments import readme_tables
+    found = readme_tables.blocks(README.read_text())
+    assert found, "the README has generated tables"
+    for b in found:
+        assert b.held == b.wanted, f"stale table from {b.source}: run python -m " \
+                                   "experiments.readme_tables"
+
+
+def test_readme_tables_finds_and_remakes_a_stale_block(tmp_path, monkeypatch):
+    from experiments import readme_tables
+    src = tmp_path / "r.json"
+    src.write_text('{"a": 1}')
+    monkeypatch.setattr(readme_tables, "ROOT", tmp_path)
+    text = f"x\n<!-- table json:dumps {src.name} -->\nold\n<!-- /table -->\ny\n"
+    (b,) = readme_tables.blocks(text)
+    assert b.held == "old\n" and b.wanted == '{"a": 1}\n'
+    fixed = readme_tables.regenerate(text)
+    assert fixed == f'x\n<!-- table json:dumps {src.name} -->\n{{"a": 1}}\n<!-- /table -->\ny\n'
+    assert [b.held == b.wanted for b in readme_tables.blocks(fixed)] == [True]
+    md = tmp_path / "README.md"
+    md.write_text(text)
+    assert readme_tables.main([str(md), "--check"]) == 1 and md.read_text() == text
+    assert readme_tables.main([str(md)]) == 0 and md.read_text() == fixed

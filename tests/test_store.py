@@ -295,3 +295,21 @@ def test_killed_update_resumes_to_the_same_version(store, files, tmp_path):
     got = s.update(files / "part1.npz", test=files / "test.npz", resume=True, progress=False)
     assert _strip(got) == _strip(expected)
     assert not (killed / "work").exists()
+
+
+def test_update_set_changes_only_this_updates_policy(store, files, tmp_path, capsys):
+    s = ModelStore.open(shutil.copytree(store.path, tmp_path / "copy"))
+    before = _snapshot(s.path)
+    code = cli.main(["update", str(s.path), "--data", str(files / "part0.npz"), "--set",
+                     "batch_size=8", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size" in err and "Fix:" in err and err.count("\n") == 1
+    assert _snapshot(s.path) == before
+    code = cli.main(["update", str(s.path), "--data", str(files / "part0.npz"), "--policy",
+                     "tfs", "--set", "epochs=1", "--set", "prune.max_iterations=1",
+                     "--no-progress"])
+    assert code == 0
+    man = s.manifest()
+    assert man["policy"]["policy"] == "tfs" and man["policy"]["epochs"] == 1
+    assert man["policy"]["prune"]["max_iterations"] == 1 and man["metrics"]["epochs"] <= 2
+    assert s.spec["policy"] == "growprune"  # the store's own policy is untouched

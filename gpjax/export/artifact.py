@@ -16,6 +16,12 @@ directory::
     load.py          the loader below (JAX and numpy only)
     model.onnx       only with format="onnx" (weights inside; needs the ``export`` extra)
 
+Platforms: the artifact holds one lowering per ``platforms`` entry (``jax.export``'s
+multi-platform lowering; the manifest's ``platforms``) and runs on any of them. Products are
+timed only for an artifact of one platform present on the exporting machine (on that device;
+CSR, a CPU custom call, only for CPU); otherwise every layer is compact dense
+(:data:`UNTIMED_RULE`, recorded as ``timings_us.rule``).
+
 Loading needs ``jax`` alone (no gpjax, no flax)::
 
     import jax, numpy as np
@@ -31,6 +37,7 @@ Loading needs ``jax`` alone (no gpjax, no flax)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -47,18 +54,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from gpjax.chain import ModelFn
 from gpjax.compact import (
     Activation,
     CompactLayer,
     CompactModel,
     apply_compact,
+    chain_of,
     compact,
     conv_layer,
     layer_macs,
+    linen_model_fn,
 )
 from gpjax.export.sparse import (
     CSR_CUSTOM_CALLS,
     conv_variants,
+    default_platform,
     from_batch,
     save_npz,
     sparse_variants,
@@ -67,7 +78,17 @@ from gpjax.masks import apply_masks, count_params
 
 PyTree = Any
 
-__all__ = ["LOADER", "export_from_state", "export_model", "load_artifact", "time_calls"]
+__all__ = ["LOADER", "PLATFORMS", "UNTIMED_RULE", "export_from_state", "export_model",
+           "load_artifact", "resolve_platforms", "time_calls"]
+
+#: The platform names ``jax.export`` lowers for (it accepts any string, so they are checked here).
+PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")
+
+#: How an artifact that cannot be timed where it is exported is computed (recorded in its
+#: manifest as ``timings_us.rule``).
+UNTIMED_RULE = ("compact dense: an artifact for several platforms, or for a platform this "
+                "machine lacks, is not timed (a product's speed differs by platform); every "
+                "layer computes its compact dense product, which every platform runs")
 
 LOADER = '''"""Runs this exported model with JAX alone: load(directory)(x) -> logits."""
 import pathlib
@@ -85,7 +106,11 @@ def load(directory=pathlib.Path(__file__).parent):
     with np.load(d / "weights.npz") as z:
         weights = [z[f"w{i}"] for i in range(len(z.files))]
     # Weights as constants of the call (compiled once per input shape): x is its only argument.
-    return jax.jit(lambda x: exported.call(weights, x))
+    call = jax.jit(lambda x: exported.call(weights, x))
+    if jax.export.default_export_platform() in exported.platforms:
+        return call
+    device = jax.devices(exported.platforms[0])[0]  # e.g. a CPU artifact on a GPU machine
+    return lambda x: call(jax.device_put(x, device))
 
 
 if __name__ == "__main__":
@@ -135,19 +160,60 @@ def _threshold(variant: dict[str, float], dense: dict[str, float],
     return t
 
 
-def _time_layer(layer: CompactLayer, k: np.ndarray, batch_sizes: Sequence[int], repeats: int,
-                rng: np.random.Generator, portable: bool) -> tuple[dict, dict]:
-    """A layer's variants and the median microseconds of each, and of its default product
-    ("dense": ``x @ kernel``, or a conv's row-GEMM product), per batch size: ``(variants,
-    {name: {batch: us}})``. Dense layers: the sparse products; conv layers: XLA's own
-    convolution and, for a very sparse kernel, its nonzero taps alone
+def _variants(layer: CompactLayer, k: np.ndarray, portable: bool,
+              platforms: Sequence[str]) -> dict[str, tuple[dict, Callable]]:
+    """The other products a layer can be computed by on ``platforms``: dense layers, the
+    sparse products (:func:`~gpjax.export.sparse.sparse_variants`; CSR for CPU alone); conv
+    layers, XLA's own convolution and, for a very sparse kernel, its nonzero taps alone
     (:func:`~gpjax.export.sparse.conv_variants`)."""
     if layer.kind == "dense":
-        variants = sparse_variants(k, portable=portable)
+        return sparse_variants(k, portable=portable, platforms=platforms)
+    return conv_variants(k, layer.padding)
+
+
+def resolve_platforms(platforms: Sequence[str] | None) -> tuple[str, ...]:
+    """The ``jax.export`` platforms of an artifact: ``platforms`` checked against
+    :data:`PLATFORMS` (order kept, repeats dropped), or this machine's default platform.
+
+    Raises:
+      ValueError: an unknown or empty platform list (one line, with a Fix).
+    """
+    if platforms is None:
+        return (default_platform(),)
+    if isinstance(platforms, str):
+        platforms = platforms.split(",")
+    out = tuple(dict.fromkeys(p.strip() for p in platforms if p.strip()))
+    bad = [p for p in out if p not in PLATFORMS]
+    if bad or not out:
+        raise ValueError(f"export: unknown platform(s) {bad or list(platforms)!r}. Fix: name "
+                         f"one or more of {', '.join(PLATFORMS)} (e.g. cpu,cuda)")
+    return out
+
+
+def _on(device: Any) -> Any:
+    """A context placing computations on ``device`` (nothing when None)."""
+    return jax.default_device(device) if device is not None else contextlib.nullcontext()
+
+
+def _device_of(platform: str | None) -> Any:
+    """The first device of ``platform`` on this machine (None: none, or no platform)."""
+    if platform is None:
+        return None
+    try:
+        return jax.devices(platform)[0]
+    except RuntimeError:
+        return None
+
+
+def _time_layer(layer: CompactLayer, k: np.ndarray, variants: dict, batch_sizes: Sequence[int],
+                repeats: int, rng: np.random.Generator) -> dict:
+    """The median microseconds of each of a layer's ``variants`` and of its default product
+    ("dense": ``x @ kernel``, or a conv's row-GEMM product), per batch size:
+    ``{name: {batch: us}}``."""
+    if layer.kind == "dense":
         dense_fn = jax.jit(lambda x, k: x @ k)
         in_shape: tuple = (k.shape[0],)
     else:
-        variants = conv_variants(k, layer.padding)
         dense_fn = jax.jit(lambda x, k: conv_layer(x, {"kernel": k}, layer.padding))
         in_shape = (*layer.in_shape[:2], k.shape[2])
     timings: dict[str, dict[str, float]] = {}
@@ -159,11 +225,17 @@ def _time_layer(layer: CompactLayer, k: np.ndarray, batch_sizes: Sequence[int], 
             fns[name] = lambda x=x, f=f, vw=vw: f(x, vw)
         for name, s in time_calls(fns, repeats).items():
             timings.setdefault(name, {})[str(b)] = _median_us(s)
-    return variants, timings
+    return timings
+
+
+def _dense_record(layer: CompactLayer, k: np.ndarray) -> dict[str, Any]:
+    """A layer's manifest record before any choice: computed by its compact dense product."""
+    return {"kind": layer.kind, "shape": list(k.shape), "nonzero": int(np.count_nonzero(k)),
+            "compute": "dense"}
 
 
 def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
-                   rng: np.random.Generator, portable: bool = False
+                   rng: np.random.Generator, portable: bool, platforms: Sequence[str]
                    ) -> tuple[list, list, list[dict], list]:
     """Per layer: the sparse product (None = dense), its weights, the measurements, and the
     alternative for the whole-artifact check.
@@ -181,12 +253,12 @@ def _choose_layers(cm: CompactModel, batch_sizes: Sequence[int], repeats: int,
     largest = max(batch_sizes)
     for layer, w in zip(cm.layers, cm.weights):
         k = np.asarray(w["kernel"])
-        rec: dict[str, Any] = {"kind": layer.kind, "shape": list(k.shape),
-                               "nonzero": int(np.count_nonzero(k)), "compute": "dense"}
+        rec = _dense_record(layer, k)
         chosen, chosen_w, alt = None, w, None
         if (layer.kind == "conv" and k.size) or (
                 layer.kind == "dense" and k.size and rec["nonzero"] / k.size < 0.5):
-            variants, timings = _time_layer(layer, k, batch_sizes, repeats, rng, portable)
+            variants = _variants(layer, k, portable, platforms)
+            timings = _time_layer(layer, k, variants, batch_sizes, repeats, rng)
             rec["timings_us"] = timings
             saving, starts = {}, {}
             for n in variants:
@@ -246,6 +318,10 @@ def _export(cm: CompactModel, weights: Sequence[dict], products: Sequence, in_sh
     checks = [jax_export.DisabledSafetyCheck.custom_call(t) for t in CSR_CUSTOM_CALLS]
     exp = jax_export.export(jax.jit(infer), platforms=platforms,
                             disabled_checks=checks)(*specs)
+    if tuple(platforms or ()) != ("cpu",) and any(t in exp.mlir_module() for t in CSR_CUSTOM_CALLS):
+        raise ValueError(f"export: a CSR product (a jaxlib CPU kernel) cannot run on "
+                         f"{', '.join(platforms or ())}. Fix: export with portable=True "
+                         "(--portable) or for --platforms cpu alone")
     return exp, [np.asarray(a) for a in flat]
 
 
@@ -328,15 +404,24 @@ def load_artifact(directory: str | os.PathLike) -> Callable[[Any], jax.Array]:
 def _caller(exported: jax_export.Exported, flat: Sequence[np.ndarray]) -> Callable:
     """``predict(x)``: the exported call jitted with its weights as constants (numpy arrays
     closed over become constants of the compiled program; device arrays would be passed as
-    arguments on every call, which at batch 1 costs about twice the call itself)."""
+    arguments on every call, which at batch 1 costs about twice the call itself). An artifact
+    without this machine's default platform runs on a device of its first platform (a CPU
+    artifact on a GPU machine: on the CPU); one whose platforms are all absent fails here."""
     weights = [np.asarray(a) for a in flat]
-    return jax.jit(lambda x: exported.call(weights, x))
+    call = jax.jit(lambda x: exported.call(weights, x))
+    if default_platform() in exported.platforms:
+        return call
+    device = jax.devices(exported.platforms[0])[0]  # e.g. a CPU artifact on a GPU machine
+    return lambda x: call(jax.device_put(x, device))
 
 
 def _original_forward(model: Any, params: PyTree, masks: PyTree, aux: PyTree | None,
                       cm_full: CompactModel) -> Callable[[Any], jax.Array]:
     """The dense model the artifact came from (masked weights, original widths)."""
     masked = apply_masks(params, masks)
+    if isinstance(model, ModelFn):
+        g = jax.jit(model.forward)
+        return lambda x: g(masked, x)
     if hasattr(model, "apply"):
         variables = masked if isinstance(masked, dict) and "params" in masked else {
             "params": masked, **(aux or {})}
@@ -370,6 +455,19 @@ def _onnx(cm: CompactModel, in_shape: tuple, path: Path) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
+def _chain_source(model: Any, in_shape: tuple[int, ...], layers: Sequence[str] | None) -> Any:
+    """The model as :func:`gpjax.compact.chain_of` should read it, given the example's
+    per-example shape: a :class:`ModelFn` without an input shape gets it; a linen module that
+    declares no chain becomes a ModelFn."""
+    if layers is not None:
+        return model
+    if isinstance(model, ModelFn):
+        return model if model.input_shape is not None else model._replace(input_shape=in_shape)
+    if model is not None and hasattr(model, "apply") and not hasattr(model, "compact_chain"):
+        return linen_model_fn(model, in_shape)
+    return model
+
+
 def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.PathLike, *,
                  example_input: Any, aux: PyTree | None = None,
                  classes: Sequence[str] | None = None, source: str | None = None,
@@ -381,8 +479,13 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     """Compacts a masked model and writes a JAX-only inference artifact to ``out_dir``.
 
     Args:
-      model: the model (:class:`~gpjax.models.LeNet300`, :class:`~gpjax.models.LeNet5`; a Flax
-        module or None with ``layers`` for a Dense chain).
+      model: the model, as :func:`gpjax.compact` takes it: a zoo model declaring its chain
+        (:class:`~gpjax.models.LeNet300`, :class:`~gpjax.models.LeNet5`), a linen module, a
+        :class:`~gpjax.compact.ModelFn` (an NNX or Equinox model as ``forward(params, x)`` and
+        its kernel layout; its ``input_shape`` defaults to ``example_input``'s), a
+        :class:`~gpjax.compact.Chain`, or None with ``layers`` for a Dense chain. The
+        artifact takes the inputs the model takes, batched (an Equinox CNN's ``[B, C, H,
+        W]``).
       params: its params (the inner ``params`` dict or full variables ``{"params": ...}``).
       masks: its masks pytree.
       out_dir: directory to create; must not exist (nothing is ever overwritten).
@@ -398,7 +501,12 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
       batch_sizes: batch sizes the per-layer choice and the final check are measured at.
       repeats: timed calls per measurement (medians recorded).
       layers, activation: a Dense chain's structure, as for :func:`gpjax.compact`.
-      platforms: ``jax.export`` lowering platforms (default: the current backend).
+      platforms: ``jax.export`` lowering platforms, names from :data:`PLATFORMS` (default:
+        this machine's). One platform present here: the products are timed on its device and
+        only those it has are offered (CSR for ``"cpu"`` alone). Several platforms (one
+        multi-platform artifact), or one absent here: nothing is timed, every layer is compact
+        dense (:data:`UNTIMED_RULE`), and the artifact is run here only where one of its
+        platforms is (else its accuracy at export is None).
       seed: seeds the random inputs of the measurements.
       portable: only operations under ``jax.export``'s compatibility guarantees (no CSR
         product, whose CPU kernel is a jaxlib custom call; the manifest's ``custom_calls``
@@ -436,16 +544,31 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
     if x0.ndim < 2:
         raise ValueError(f"export: example_input must be a batch [B, ...], got shape {x0.shape}")
     in_shape, dtype = tuple(x0.shape[1:]), x0.dtype
-    cm = compact(params, masks, model, layers=layers, activation=activation)
-    cm_full = compact(params, masks, model, layers=layers, activation=activation, shrink=False)
+    targets = resolve_platforms(platforms)
+    chain = chain_of(params, _chain_source(model, in_shape, layers), layers=layers,
+                     activation=activation)
+    cm = compact(params, masks, chain)
+    cm_full = compact(params, masks, chain, shrink=False)
     rng = np.random.default_rng(seed)
-    products, weights, layer_recs, alternatives = _choose_layers(cm, batch_sizes, repeats, rng,
-                                                                 portable)
-    original = _original_forward(model, params, masks, aux, cm_full)
-    name, built, timing, layer_recs, never_slower = _pick_artifact(
-        cm, (products, weights, layer_recs), alternatives, original, batch_sizes, repeats, rng,
-        in_shape, dtype, platforms)
-    exp, flat = built[name]
+    here = default_platform()
+    run_on = next((p for p in dict.fromkeys((here, *targets))
+                   if p in targets and _device_of(p) is not None), None)
+    measured_on = run_on if len(targets) == 1 else None
+    with _on(_device_of(run_on)):  # timed, and checked, on the device it is exported for
+        original = _original_forward(model, params, masks, aux, cm_full)
+        if measured_on is None:  # UNTIMED_RULE
+            layer_recs = [_dense_record(layer, np.asarray(w["kernel"]))
+                          for layer, w in zip(cm.layers, cm.weights)]
+            exp, flat = _export(cm, cm.weights, [None] * len(cm.layers), in_shape, dtype,
+                                targets)
+            name, timing, never_slower = "dense", {}, None
+        else:
+            products, weights, layer_recs, alternatives = _choose_layers(
+                cm, batch_sizes, repeats, rng, portable, targets)
+            name, built, timing, layer_recs, never_slower = _pick_artifact(
+                cm, (products, weights, layer_recs), alternatives, original, batch_sizes,
+                repeats, rng, in_shape, dtype, targets)
+            exp, flat = built[name]
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -459,10 +582,14 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
             _onnx(cm, in_shape, tmp / "model.onnx")
         counts = count_params(masks)
         accuracy = None
-        if test_data is not None:
-            accuracy = {"artifact": _accuracy(load_artifact(tmp), test_data),
-                        "original": _accuracy(original, test_data),
-                        "examples": int(len(test_data[0]))}
+        with _on(_device_of(run_on)):
+            if test_data is not None:  # the artifact's: None where no platform of it is here
+                accuracy = {"artifact": (_accuracy(load_artifact(tmp), test_data)
+                                         if run_on is not None else None),
+                            "original": _accuracy(original, test_data),
+                            "examples": int(len(test_data[0]))}
+            if run_on is not None:  # it loads and runs
+                jax.block_until_ready(load_artifact(tmp)(x0[:2]))
         artifact_macs = 0
         for layer, w, rec in zip(cm.layers, cm.weights, layer_recs):
             macs, pos = layer_macs(layer, w["kernel"].shape)
@@ -472,13 +599,13 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
         active_macs = sum(int(np.count_nonzero(w["kernel"]))
                           * layer_macs(layer, w["kernel"].shape)[1]
                           for layer, w in zip(cm_full.layers, cm_full.weights))
-        y = np.asarray(load_artifact(tmp)(x0[:2]))
+        y = exp.out_avals[0]
         manifest = {
             "format": "gpjax-export/1",
             "files": {"function": "model.jax", "weights": "weights.npz", "loader": "load.py",
                       **({"onnx": "model.onnx"} if format == "onnx" else {})},
             "input": {"shape": [None, *in_shape], "dtype": str(dtype)},
-            "output": {"shape": [None, *y.shape[1:]], "dtype": str(y.dtype)},
+            "output": {"shape": [None, *map(int, y.shape[1:])], "dtype": str(y.dtype)},
             "classes": list(classes) if classes is not None else None,
             "parameters": {"dense": counts.dense, "active": counts.active,
                            "compact_dense": cm.num_params(), "compact_nonzero": cm.nonzero(),
@@ -489,7 +616,8 @@ def export_model(model: Any, params: PyTree, masks: PyTree, out_dir: str | os.Pa
             "layers": [{"source": s, **r} for s, r in zip(cm.source_kernels, layer_recs)],
             "timings_us": {"batch_sizes": list(batch_sizes), "repeats": repeats,
                            "median": timing, "chosen": name,
-                           "never_slower": never_slower},
+                           "never_slower": never_slower, "measured_on": measured_on,
+                           "rule": None if measured_on else UNTIMED_RULE},
             "accuracy": accuracy,
             "source": source,
             "versions": {"gpjax": _version("gpjax-incremental"), "jax": jax.__version__,

@@ -10,10 +10,10 @@ same file. :func:`load_sparse` restores exactly the same weights (bit for bit).
 Products. :func:`ell_product`, :func:`segment_product` and :func:`csr_product` compute
 ``x @ kernel`` from the nonzeros only (a padded per-column gather-and-sum; a gather and a sorted
 segment sum; ``jax.experimental.sparse`` CSR, which on CPU runs jaxlib's own CSR kernel, the
-custom call :data:`CSR_CUSTOM_CALLS`); :func:`from_batch` uses a sparse product from a batch
-size on and the dense one below it. Conv layers (:func:`conv_variants`): XLA's own convolution,
-and :func:`taps_product`, a sum over a very sparse kernel's nonzero taps. The export picks, per
-layer, what measures fastest.
+custom call :data:`CSR_CUSTOM_CALLS`, offered for CPU artifacts alone); :func:`from_batch`
+uses a sparse product from a batch size on and the dense one below it. Conv layers
+(:func:`conv_variants`): XLA's own convolution, and :func:`taps_product`, a sum over a very
+sparse kernel's nonzero taps. The export picks, per layer, what measures fastest.
 
 Cost model (``x [B, in]``, ``nnz`` nonzeros): every product does ``B * nnz`` multiply-adds; the
 dense one ``B * in * out`` at the matrix unit's rate. A sparse product pays when its rate on
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 from jax import lax
 from jax.experimental import sparse as jsparse
 
@@ -42,7 +43,8 @@ PyTree = Any
 FORMAT = "gpjax-sparse/1"
 
 __all__ = ["CSR_CUSTOM_CALLS", "MAX_TAP_TERMS", "conv_variants", "csr_decode", "csr_encode",
-           "csr_product", "csr_weights", "ell_product", "ell_weights", "from_batch", "index_dtype",
+           "csr_product", "csr_weights", "default_platform", "ell_product", "ell_weights",
+           "from_batch", "index_dtype",
            "load_sparse", "save_npz", "save_sparse", "segment_product", "segment_weights",
            "sparse_variants", "storage_report", "taps_product", "taps_weights"]
 
@@ -91,7 +93,8 @@ def _layer_json(layer: CompactLayer) -> dict:
                          f"the compact model with an activation from {sorted(ACTIVATIONS)}")
     return {"kind": layer.kind, "activation": layer.activation,
             "padding": [list(p) for p in layer.padding], "pool": layer.pool,
-            "in_shape": list(layer.in_shape), "indexed": layer.indexed}
+            "in_shape": list(layer.in_shape), "indexed": layer.indexed,
+            "channels_first": layer.channels_first}
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> int:
@@ -166,7 +169,8 @@ def load_sparse(path: str | os.PathLike) -> CompactModel:
             weights.append(w)
             layers.append(CompactLayer(meta["kind"], meta["activation"],
                                        tuple(tuple(p) for p in meta["padding"]), meta["pool"],
-                                       tuple(meta["in_shape"]), meta["indexed"]))
+                                       tuple(meta["in_shape"]), meta["indexed"],
+                                       meta.get("channels_first", False)))
     return CompactModel(tuple(layers), tuple(weights), tuple(header["input_shape"]),
                         tuple(header["source_kernels"]))
 
@@ -333,16 +337,33 @@ def conv_variants(kernel: np.ndarray, padding) -> dict[str, tuple[dict, Callable
     return out
 
 
-def sparse_variants(kernel: np.ndarray, *, portable: bool = False
+def default_platform() -> str:
+    """This machine's default ``jax.export`` platform name (``"cpu"``, ``"cuda"``, ...)."""
+    if hasattr(jax_export, "default_export_platform"):
+        return jax_export.default_export_platform()
+    backend = jax.default_backend()  # a JAX without it: its backend name ("gpu": CUDA)
+    return "cuda" if backend == "gpu" else backend
+
+
+def sparse_variants(kernel: np.ndarray, *, portable: bool = False,
+                    platforms: Sequence[str] | None = None
                     ) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
     """The sparse ways to compute ``x @ kernel``: ``{name: (weights, product)}``.
 
-    ``portable=True`` leaves out ``csr``, whose CPU kernel is a custom call
-    (:data:`CSR_CUSTOM_CALLS`); so does a backend other than CPU.
+    ``ell`` and ``segment_sum`` (gathers and sums: every platform); ``csr`` only for an
+    artifact whose one platform is ``"cpu"`` and not ``portable``: its kernel is jaxlib's CPU
+    custom call (:data:`CSR_CUSTOM_CALLS`), which no other platform has.
+
+    Args:
+      kernel: ``[in, out]``.
+      portable: leave out ``csr`` whatever the platform.
+      platforms: the ``jax.export`` platforms the product is for (default: this machine's).
     """
+    if platforms is None:
+        platforms = (default_platform(),)
     out = {"ell": (ell_weights(kernel), ell_product),
            "segment_sum": (segment_weights(kernel),
                            partial(segment_product, out=int(kernel.shape[1])))}
-    if not portable and jax.default_backend() == "cpu":
+    if not portable and tuple(platforms) == ("cpu",):
         out["csr"] = (csr_weights(kernel), partial(csr_product, shape=tuple(kernel.shape)))
     return out

@@ -27,6 +27,7 @@ from gpjax.incremental.policies import (
     NFT,
     POLICIES,
     TFS,
+    Budget,
     GrowPrune,
     Merged,
     NeST,
@@ -34,18 +35,19 @@ from gpjax.incremental.policies import (
     Policy,
     RoundPlan,
     make_policy,
+    with_budget,
 )
 from gpjax.incremental.runner import RoundData, UpdateLog, nonrecoverable, start_state, update
 from gpjax.incremental.scenarios import Round, Scenario, class_incremental, data_incremental
 from gpjax.incremental.store import ModelStore, Recipe, StoreError
 
 __all__ = [
-    "CONFIGS", "Cost", "DirectoryLock", "DirectoryLockedError", "Experiment",
+    "Budget", "CONFIGS", "Cost", "DirectoryLock", "DirectoryLockedError", "Experiment",
     "ExperimentConfig", "GrowPrune", "Merged", "ModelStore", "NFT", "NeST",
     "NonFiniteLossError", "POLICIES", "PhaseLog", "PhaseSpec", "Policy", "PruneConfig",
     "Recipe", "ResultsConflictError", "Round", "RoundData", "RoundPlan", "Scenario",
     "StoreError", "TFS", "Trainer", "UpdateLog", "build", "class_incremental",
     "data_incremental", "get_config", "grow_and_train", "make_policy", "new_state",
     "nonrecoverable", "normalised_epochs", "prune_and_retrain", "run", "run_dir",
-    "start_state", "update",
+    "start_state", "update", "with_budget",
 ]

@@ -53,7 +53,14 @@ from gpjax.incremental.experiment import Experiment, build
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import NonFiniteLossError, Trainer, new_state
 from gpjax.incremental.policies import Policy, policy_to_dict
-from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, start_state, update
+from gpjax.incremental.runner import (
+    RoundData,
+    model_of,
+    nonrecoverable,
+    start_state,
+    update,
+    update_record,
+)
 from gpjax.train import TrainState, make_optimizer, num_examples
 
 PyTree = Any
@@ -228,7 +235,7 @@ class _Run:
         None); ``carry_next``: the next round's model when already fixed (NFT, restored).
         """
         rd = self.exp.scenario.round(r)
-        plan = self.policy.plan(r)
+        plan = self.policy.round_plan(r)
         data = RoundData(*(self.put(self.bucket(d)) for d in (rd.new, rd.all, rd.validation)))
         test = self.put(rd.test)
         if state is None:
@@ -274,11 +281,13 @@ class _Run:
         tests = self.exp.test_metrics(state.params, state.aux, test)
         val_err = 100.0 * self.trainer.error(state, data.validation)
         counts = gpjax.count_params(state.masks)
-        nonrec, compact = {}, None
+        nonrec, compact, plog = {}, None, None
         last = r == self.exp.scenario.num_rounds - 1
         if self.policy.nonrecoverable is not None and (
                 last or self.cfg.nonrecoverable_rounds == "all"):
-            compact, plog = nonrecoverable(self.trainer, state, data, self.policy.nonrecoverable)
+            compact, plog = nonrecoverable(
+                self.trainer, state, data, self.policy.nonrecoverable,
+                max_epochs=log.cost.remaining(plan.max_epochs, log.cost.n_available))
             nonrec = {
                 "params_nonrecoverable": gpjax.count_params(compact.masks).active,
                 **{f"{k}_nonrecoverable": v for k, v in
@@ -291,6 +300,7 @@ class _Run:
         if self.cfg.heatmap:
             self.heatmap(state.masks, r, "recoverable")
         previous = self.rows[-1]["epochs_cumulative"] if self.rows else 0.0
+        previous_paper = self.rows[-1].get("epochs_paper_cumulative") if self.rows else 0.0
         dead = gpjax.dead_units(state.masks, input_fed=self.exp.input_kernels,
                                 layout=self.exp.task.layout)
         cost = log.cost
@@ -309,6 +319,10 @@ class _Run:
             "examples": cost.examples,
             "prune_iterations": {k: v["iterations"] for k, v in log.events.items()},
             "prune_curve": log.prune_curve,
+            **update_record(log, plog),
+            "epochs_paper_cumulative": (None if previous_paper is None
+                                        else previous_paper + cost.epochs_paper),
+            "max_epochs": plan.max_epochs, "target_params": self.policy.prune.target_params,
             "start": plan.start, "devices": self.ndev,
             "config": self.cfg.name, "policy_config": policy_to_dict(self.policy),
         }

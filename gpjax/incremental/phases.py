@@ -39,18 +39,31 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the phase and epoch."""
 
 
+ITERATION_FIELDS = ("iteration", "active", "removed", "val_error_pruned", "val_error",
+                    "retrain_epochs", "held", "kept")
+"""The keys of a pruning iteration's event that :func:`prune_and_retrain` itself records
+(the others are a ``measure``'s)."""
+
+
 @dataclasses.dataclass
 class PhaseLog:
     """What one phase did.
 
     Attributes:
       name: phase name ("train", "grow", "prune").
-      epochs: epochs run over this phase's data.
+      epochs: passes over this phase's data: ``train_epochs + grad_passes`` (the cost the
+        caller normalises; :mod:`gpjax.incremental.cost`).
       examples: training examples processed (gradient evaluation included).
-      events: one dict per epoch or pruning iteration (loss, val error, params...).
-      stopped: why a pruning phase ended: "patience" (``patience`` failed recoveries in a
+      events: one dict per epoch or pruning iteration. A pruning iteration's: ``iteration``,
+        ``active`` (after the removal), ``removed`` (connections it removed), ``val_error_pruned``
+        (right after the removal) and ``val_error`` (after retraining; fractions), a
+        ``measure``'s values (percent, e.g. ``test_error``), ``retrain_epochs``, ``held``.
+      stopped: why a phase ended early: "patience" (``patience`` failed recoveries in a
         row), "target" (``target_params`` reached), "exhausted" (nothing left that may be
-        pruned) or "max_iterations"; "" for other phases.
+        pruned), "max_iterations", or "budget" (the next epoch would pass the phase's epoch
+        cap); "" for a growth/training phase that ran all its epochs.
+      train_epochs: training epochs (growth/training) or retraining epochs (pruning).
+      grad_passes: growth-gradient evaluation passes (parameters frozen).
     """
 
     name: str
@@ -58,6 +71,25 @@ class PhaseLog:
     examples: int = 0
     events: list[dict] = dataclasses.field(default_factory=list)
     stopped: str = ""
+    train_epochs: int = 0
+    grad_passes: int = 0
+
+    def paper_epochs(self) -> float:
+        """Passes over the phase's data under the paper's reading of pruning ("after each
+        pruning iteration retrain"): every pruning iteration retrains at least one epoch, so
+        one that held without retraining counts 1; other phases count as :attr:`epochs`."""
+        iters = [e for e in self.events if "iteration" in e]
+        return self.epochs + sum(1 for e in iters if e.get("retrain_epochs", 0) == 0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PhaseLog:
+        """The log :meth:`to_dict` wrote (keys it lacks, e.g. from older checkpoints, keep
+        their defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +172,11 @@ class Trainer:
                     dynamic_ncols=True)
 
 
+def fits(log: PhaseLog, epochs: float, cap: float | None) -> bool:
+    """Whether ``epochs`` more passes keep ``log.epochs`` within ``cap`` (None: no cap)."""
+    return cap is None or log.epochs + epochs <= cap + 1e-9
+
+
 def grow_and_train(
     trainer: Trainer,
     state: TrainState,
@@ -157,6 +194,8 @@ def grow_and_train(
     on_epoch: Callable[[TrainState, dict], None] | None = None,
     start_epoch: int = 0,
     log: PhaseLog | None = None,
+    max_epochs: float | None = None,
+    max_active: int | None = None,
 ) -> tuple[TrainState, PhaseLog]:
     """Trains for ``epochs`` with a cosine learning rate, growing every ``grow_every`` epochs.
 
@@ -171,6 +210,12 @@ def grow_and_train(
     The phase adds what it does to ``log`` (a new one when None; pass the interrupted phase's
     totals to continue them); the log is up to date whenever ``on_epoch`` is called.
 
+    ``max_epochs`` caps ``log.epochs`` (the phase's passes over ``data``, gradient evaluations
+    included, those of a resumed log too): an epoch (with its growth pass) that would pass it
+    does not run, and the phase ends with ``log.stopped == "budget"`` on the schedule it was
+    planned with (its learning rate not yet decayed). ``max_active`` skips a growth step (and
+    its gradient pass) when the model already has at least that many active connections.
+
     Returns:
       ``(state, log)``; ``log.epochs`` counts gradient evaluations as epochs too.
     """
@@ -180,19 +225,26 @@ def grow_and_train(
     bar = trainer.bar(epochs, name)
     bar.update(start_epoch)
     for e in range(start_epoch, epochs):
+        growing = grow and e % grow_every == 0 and (
+            max_active is None or gpjax.count_params(state.masks).active < max_active)
+        if not fits(log, 1 + growing, max_epochs):
+            log.stopped = "budget"
+            break
         rates = cosine_rates(learning_rate, steps, start=e * steps, total=epochs * steps)
         event: dict = {"epoch": e}
-        if grow and e % grow_every == 0:
+        if growing:
             grads = trainer.gradients(state, data)
             params, masks = gpjax.grow(state.params, state.masks, grads, percentile=percentile,
                                        learning_rate=float(rates[0]), scope=scope, init=init,
                                        nonfinite="skip")
             state = state._replace(params=params, masks=masks)
             log.epochs += 1
+            log.grad_passes += 1
             log.examples += n
             event["active"] = gpjax.count_params(masks).active
         state, loss = trainer.epoch(state, data, rates, where=f"phase '{name}', epoch {e}")
         log.epochs += 1
+        log.train_epochs += 1
         log.examples += steps * min(trainer.batch_size, n)
         event["loss"] = loss
         if validation is not None:
@@ -230,9 +282,17 @@ class PruneConfig:
     - retrain_lr 0.01 instead of 0.05 (tolerance 0.1, patience 2): 107 ± 11K, +0.09 ± 0.02:
       a low restart rate does not recover and the rule stops early.
 
-    ``target_params`` stops at a desired size instead (SPEC: "or the desired architecture is
-    reached"); a stricter model budget than the tolerance gives is a target, not a smaller
-    tolerance. ``percentile`` and ``max_retrain_epochs`` keep SPEC's 5% and 3 epochs (not swept:
+    ``target_params`` prunes to a desired size instead (SPEC: "or the desired architecture is
+    reached"; ``gpjax update --target-params``); a stricter model budget than the tolerance
+    gives is a target, not a smaller tolerance. Above the target the accuracy rule does not end
+    the phase (a failed iteration goes on from the model it left, as without a target); at the
+    first iteration that reaches it the phase keeps that model after its retraining, the most
+    accurate model the phase makes at or under the size, whether it held or not (its event's
+    ``held`` says). A target under the rule's own result is reached by the held iterations
+    alone. Recoverable pruning may run out of connections it may remove above the target
+    (``stopped == "exhausted"``): then the last model that held is kept.
+
+    ``percentile`` and ``max_retrain_epochs`` keep SPEC's 5% and 3 epochs (not swept:
     a smaller step and more retraining damage less per iteration, so the rule binds later).
 
     Attributes:
@@ -253,7 +313,7 @@ class PruneConfig:
         error of retrained models whose test error does not move (see above).
       patience: failed recoveries in a row before stopping (2: one chance failure does not
         stop the phase; the model kept is always the last one that held).
-      target_params: stop once the active connections are at most this (None: no target).
+      target_params: prune until the active connections are at most this (None: no target).
       max_iterations: hard cap on pruning iterations.
     """
 
@@ -274,7 +334,10 @@ class PruneConfig:
         check_range(self, "max_retrain_epochs", 0)
         check_range(self, "retrain_lr", 0, low_open=True)
         check_range(self, "patience", 1)
-        check_range(self, "target_params", 0)
+        if self.target_params is not None and self.target_params < 1:
+            raise ConfigError(f"PruneConfig.target_params must be a positive number of "
+                              f"connections, got {self.target_params!r}; Fix: give N >= 1, or "
+                              "none for no target")
         check_range(self, "max_iterations", 0)  # 0: no pruning
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"PruneConfig.scope must be 'layer' or 'global', got {self.scope!r}")
@@ -295,21 +358,30 @@ def prune_and_retrain(
     on_iteration: Callable[[TrainState, dict], None] | None = None,
     start_iteration: int = 0,
     log: PhaseLog | None = None,
+    measure: Callable[[TrainState], dict] | None = None,
+    max_epochs: float | None = None,
 ) -> tuple[TrainState, PhaseLog]:
     """Prunes ``cfg.percentile`` % of active weights, retrains, repeats while accuracy holds.
 
     An iteration *holds* when, within ``max_retrain_epochs`` one-epoch cosine restarts, the
     validation error gets back to ``reference_error + tolerance`` (reference: the model's error
     when the phase starts, unless given). The phase stops after ``patience`` failed iterations
-    in a row, at ``target_params``, or when nothing is left to prune, and returns the last
-    model that held.
+    in a row, at ``target_params`` (:class:`PruneConfig`), or when nothing is left to prune,
+    and returns the last model that held.
 
     ``start_iteration`` resumes a phase from the model an ``on_iteration`` hook received after
     a held iteration ``start_iteration - 1`` (pass the phase's original ``reference_error``);
     ``log`` as in :func:`grow_and_train` (up to date whenever ``on_iteration`` is called).
+    ``measure(state) -> {name: percent}`` adds its values (e.g. test error) to every
+    iteration's event, measured after the retraining. ``max_epochs`` caps ``log.epochs`` (the
+    retraining epochs over ``data``): a retraining epoch that would pass it does not run, the
+    iteration counts as failed and the phase ends (``stopped == "budget"``); an iteration that
+    holds without retraining costs nothing and still runs.
 
     Returns:
-      ``(last state that held, log)``; every event records active params and val error.
+      ``(kept state, log)``: the last state that held (or the target's); every event records
+      the iteration's active params, removals, val errors, retraining epochs and ``held``, and
+      ``kept`` when the phase's kept model is now that iteration's.
     """
     n = num_examples(data)
     steps = trainer.steps(data)
@@ -323,9 +395,10 @@ def prune_and_retrain(
     bar.update(start_iteration)
     input_fed = trainer.task.input_kernels
     active = gpjax.count_params(state.masks).active
+    target = cfg.target_params
     log.stopped = "max_iterations"
     for it in range(start_iteration, cfg.max_iterations):
-        if cfg.target_params is not None and active <= cfg.target_params:
+        if target is not None and active <= target:
             log.stopped = "target"
             break
         params, masks = gpjax.prune(state.params, state.masks, percentile=cfg.percentile,
@@ -336,33 +409,39 @@ def prune_and_retrain(
         if new_active >= active:
             log.stopped = "exhausted"  # nothing left that may be pruned
             break
+        event = {"iteration": it, "active": new_active, "removed": active - new_active}
         active = new_active
         # The optimiser forgets the pruned entries (a later growth starts them fresh).
         state = state._replace(params=params, masks=masks,
                                opt_state=gpjax.sync_masks(state.opt_state, masks))
         err = trainer.error(state, validation)
-        retrained = 0
+        event["val_error_pruned"] = err
+        retrained, broke = 0, False
         while err > limit and retrained < cfg.max_retrain_epochs:
+            if not fits(log, 1, max_epochs):
+                broke = True
+                break
             state, _ = trainer.epoch(state, data, cosine_rates(cfg.retrain_lr, steps),
                                      where=f"phase '{name}', iteration {it}")
             retrained += 1
+            log.epochs += 1
+            log.train_epochs += 1
+            log.examples += steps * min(trainer.batch_size, n)
             err = trainer.error(state, validation)
-        log.epochs += retrained
-        log.examples += retrained * steps * min(trainer.batch_size, n)
         held = err <= limit
-        event = {"iteration": it, "active": active, "val_error": err, "retrain_epochs": retrained,
-                 "held": held}
+        reached = target is not None and active <= target and not broke
+        event.update(val_error=err, **(measure(state) if measure is not None else {}),
+                     retrain_epochs=retrained, held=held, kept=held or reached)
         log.events.append(event)
-        if held:
-            best, fails = _copy_state(state), 0
-        else:
-            fails += 1
+        if event["kept"]:
+            best = _copy_state(state)
+        fails = 0 if held else fails + 1
         if on_iteration is not None:
             on_iteration(best, event)
         bar.set_postfix(active=active, err=f"{100 * err:.2f}%", fails=fails)
         bar.update()
-        if fails >= cfg.patience:
-            log.stopped = "patience"
+        if broke or reached or (fails >= cfg.patience and target is None):
+            log.stopped = "budget" if broke else "target" if reached else "patience"
             break
     bar.close()
     return best, log

@@ -30,7 +30,7 @@ result is reported but never inherited, and its epochs are reported separately
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from gpjax.fields import ConfigError, check_range, check_types
 from gpjax.incremental.phases import PruneConfig
@@ -85,12 +85,17 @@ class RoundPlan:
       carry_after: index of the phase after which the model is the one the next round starts
         from (NFT: after training, before pruning a copy); -1: after the last phase.
       seed_density: mask density of a fresh sparse start.
+      max_epochs: a cap on the round's normalised epochs (:attr:`Policy.max_epochs`).
+      grow_max_ratio: growth phases skip their growth steps once the model has at least this
+        many times the start model's active connections (None: no limit).
     """
 
     start: Start
     phases: tuple[PhaseSpec, ...]
     carry_after: int = -1
     seed_density: float = 1.0
+    max_epochs: float | None = None
+    grow_max_ratio: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,21 +104,43 @@ class Policy:
 
     Attributes:
       learning_rate: peak learning rate of every growth/training phase (cosine to 0).
-      prune: the recoverable pruning rule (shared so model sizes compare fairly).
+      prune: the recoverable pruning rule (shared so model sizes compare fairly);
+        ``prune.target_params`` prunes each round to at most that many active connections
+        (``gpjax update --target-params``).
       nonrecoverable: the optional non-recoverable rule (None: skip it).
+      max_epochs: a cap on each round's cost in normalised epochs, as counted
+        (``gpjax update --max-epochs``; None: no cap). Phases run in order until the next
+        epoch (growth/training) or retraining epoch (pruning) would pass it, then stop; the
+        non-recoverable post-processing gets what is left. The round's cost is then at most
+        the cap, exactly (the check is made before each pass, not after).
     """
 
     name: ClassVar[str] = ""
     learning_rate: float = 0.1
     prune: PruneConfig = PRUNE
     nonrecoverable: PruneConfig | None = NONRECOVERABLE
+    max_epochs: float | None = None
 
     def plan(self, round_index: int) -> RoundPlan:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def round_plan(self, round_index: int) -> RoundPlan:
+        """:meth:`plan` with the policy's cap (:attr:`max_epochs`): what the runners execute."""
+        return dataclasses.replace(self.plan(round_index), max_epochs=self.max_epochs)
+
     def __post_init__(self) -> None:
         check_types(self)
+        if getattr(self, "grow_max_ratio", None) is not None and not self.grow_max_ratio >= 1:
+            raise ConfigError(f"{type(self).__name__}.grow_max_ratio must be at least 1 (a "
+                              f"multiple of the parent's size), got {self.grow_max_ratio!r}; "
+                              "Fix: give k >= 1, or none for no limit")
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            raise ConfigError(f"{type(self).__name__}.max_epochs must be a positive number of "
+                              f"normalised epochs, got {self.max_epochs!r}; Fix: give E > 0, "
+                              "or none for no cap")
         for f in dataclasses.fields(self):
+            if f.name == "max_epochs":
+                continue
             if f.name.endswith("epochs") or f.name == "grow_every":
                 check_range(self, f.name, 1 if f.name == "grow_every" else 0)
             elif f.name.endswith(("learning_rate", "_lr")):
@@ -154,6 +181,12 @@ class GrowPrune(Policy):
       growth_scope: percentile per layer ("layer") or over all layers ("global").
       growth_init: "descent" (grown weights start at ``-lr * g``, lowering the loss) or
         "patent" (``+lr * g``, the literal wording).
+      grow_max_ratio: an update's growth budget relative to the parent's size: its growth
+        phases skip their growth steps (and the gradient passes they cost) once the model has
+        at least ``grow_max_ratio`` times the inherited model's active connections. A step
+        is checked before it runs, so one step may end above the limit by at most its own
+        growth (<= ``100 - growth_percentile`` % of each tensor). None (default, the paper's
+        method): no limit. Round 0 has no parent and is not limited.
     """
 
     name: ClassVar[str] = "growprune"
@@ -165,6 +198,7 @@ class GrowPrune(Policy):
     seed_density: float = 0.1
     growth_scope: str = "layer"
     growth_init: str = "descent"
+    grow_max_ratio: float | None = None
 
     def _grow(self, data: str, epochs: int, name: str) -> PhaseSpec:
         return PhaseSpec("grow", data, epochs, self.learning_rate, self.grow_every,
@@ -179,7 +213,8 @@ class GrowPrune(Policy):
             phases.append(self._grow("new", self.new_epochs, "grow_new"))
         if self.all_epochs > 0:
             phases.append(self._grow("all", self.all_epochs, "grow_all"))
-        return RoundPlan("inherit", (*phases, self._prune()))
+        return RoundPlan("inherit", (*phases, self._prune()),
+                         grow_max_ratio=self.grow_max_ratio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +353,35 @@ def replace_nested(obj: Any, overrides: dict[str, Any], _prefix: str = "") -> An
                 raise KeyError(f"{head} is None; set it before its fields")
         direct[head] = replace_nested(current, sub, f"{_prefix}{head}.")
     return dataclasses.replace(obj, **direct)
+
+
+class Budget(NamedTuple):
+    """What an update may end with and spend (``gpjax update --target-params N --max-epochs
+    E``).
+
+    Attributes:
+      target_params: at most this many active connections in the recoverable model
+        (:attr:`PruneConfig.target_params`); None: the stopping rule decides.
+      max_epochs: at most this many normalised epochs, as counted (:attr:`Policy.max_epochs`);
+        None: no cap.
+    """
+
+    target_params: int | None = None
+    max_epochs: float | None = None
+
+
+def with_budget(policy: Policy, budget: Budget) -> Policy:
+    """``policy`` with ``budget``'s size target and cost cap (a None leaves the policy's own).
+
+    Raises:
+      ConfigError: a value is not positive (the message says the fix).
+    """
+    changes: dict[str, Any] = {}
+    if budget.target_params is not None:
+        changes["prune"] = dataclasses.replace(policy.prune, target_params=budget.target_params)
+    if budget.max_epochs is not None:
+        changes["max_epochs"] = budget.max_epochs
+    return dataclasses.replace(policy, **changes)
 
 
 def make_policy(name: str, overrides: dict[str, Any] | None = None) -> Policy:

@@ -31,6 +31,7 @@ import jax
 import gpjax
 from gpjax.incremental.cost import Cost
 from gpjax.incremental.phases import (
+    ITERATION_FIELDS,
     PhaseLog,
     PruneConfig,
     Trainer,
@@ -69,12 +70,18 @@ class UpdateLog:
 
     Attributes:
       start: how the start state was made (the plan's ``start``).
-      cost: normalised epochs (over ``all``), raw epochs, examples and wall time, per phase too.
-      phases: the phases' logs (a resumed phase's log holds only what ran after the resume).
+      cost: normalised epochs (over ``all``), raw epochs, examples and wall time, per phase too,
+        and the same under the paper's reading (``epochs_paper``).
+      phases: the phases' logs, in order, each with its passes (``train_epochs``,
+        ``grad_passes``) and, for pruning, one event per iteration (a resumed update restores
+        the logs of what ran before the interruption from its snapshot).
       events: per pruning phase, ``{"iterations": n, "reference_error": e}``.
       prune_curve: ``[{"active", "val_error", **measure}]`` (errors in percent): the model
-        before recoverable pruning and after every held iteration; the last one is the result.
-      stopped: why each pruning phase ended, by phase name.
+        before recoverable pruning and after every iteration whose model the phase kept; the
+        last one is the result.
+      stopped: why each pruning phase (and each phase a cap ended early) ended, by phase name.
+      grow_limit: the active connections past which growth steps are skipped (the plan's
+        ``grow_max_ratio`` times the start model's); None: no limit.
     """
 
     start: str
@@ -83,6 +90,7 @@ class UpdateLog:
     events: dict = dataclasses.field(default_factory=dict)
     prune_curve: list[dict] = dataclasses.field(default_factory=list)
     stopped: dict = dataclasses.field(default_factory=dict)
+    grow_limit: int | None = None
 
 
 def _copy(tree: PyTree) -> PyTree:
@@ -127,8 +135,10 @@ def start_state(trainer: Trainer, plan: RoundPlan, key: jax.Array, example_batch
 
 
 def _resumed_log(name: str, progress: dict | None) -> PhaseLog:
+    """The log of a phase interrupted at ``progress`` (a new one when None); snapshots written
+    before the logs were saved whole hold only its epochs and examples."""
     part = (progress or {}).get("partial", {})
-    return PhaseLog(name, float(part.get("epochs", 0.0)), int(part.get("examples", 0)))
+    return PhaseLog.from_dict({**part, "name": name})
 
 
 def update(
@@ -182,9 +192,14 @@ def update(
     progress = dict(resume or {})
     cost = Cost.from_dict(progress["cost"]) if "cost" in progress else Cost(sizes["all"])
     log = UpdateLog(plan.start, cost, events=dict(progress.get("events", {})),
-                    prune_curve=list(progress.get("curve", [])))
+                    prune_curve=list(progress.get("curve", [])),
+                    phases=[PhaseLog.from_dict(d) for d in progress.get("phases", [])],
+                    stopped=dict(progress.get("stopped", {})))
     if state is None:
         state = place(start_state(trainer, plan, key, example_batch, carry))
+    log.grow_limit = progress.get("grow_limit")
+    if plan.grow_max_ratio is not None and "grow_limit" not in progress:
+        log.grow_limit = int(plan.grow_max_ratio * gpjax.count_params(state.masks).active)
     first = int(progress.get("phase", 0))
     last_save = [time.perf_counter()]
     for p in range(first, len(plan.phases)):
@@ -199,36 +214,44 @@ def update(
                 return
             c = cost.to_dict()
             c["wall_time_s"] += time.perf_counter() - t0
-            snapshot(st, cn, {"phase": p, "inner": at, "cost": c, "events": log.events,
-                              "curve": log.prune_curve, "phase_name": spec.name,
-                              "partial": {"epochs": phase_log.epochs,
-                                          "examples": phase_log.examples}, **(extra or {})})
+            snapshot(st, cn, {**_progress(p, at, c, log), "phase_name": spec.name,
+                              "partial": phase_log.to_dict(), **(extra or {})})
             last_save[0] = time.perf_counter()
 
+        cap = cost.remaining(plan.max_epochs, sizes[spec.data])
         if spec.kind in ("grow", "train"):
             state = _grow_or_train(trainer, spec, state, data, inner, phase_log, cost,
                                    save if snapshot and checkpoint_every else None,
-                                   checkpoint_every, on_epoch)
+                                   checkpoint_every, on_epoch, cap, log.grow_limit)
         else:
             state = _prune(trainer, spec, state, data, prune, inner, phase_log, log,
                            here, save if snapshot and prune_checkpoint_every else None,
-                           prune_checkpoint_every, measure)
+                           prune_checkpoint_every, measure, cap)
         cost.add(spec.name, phase_log.epochs, sizes[spec.data], phase_log.examples,
-                 time.perf_counter() - t0)
+                 time.perf_counter() - t0, phase_log.paper_epochs())
+        if phase_log.stopped:
+            log.stopped[spec.name] = phase_log.stopped
         log.phases.append(phase_log)
         state = _copy(state)  # the phases donate buffers; keep this one intact
         if p == plan.carry_after:
             carry_next = model_of(state)
         if snapshot is not None:
-            snapshot(state, carry_next, {"phase": p + 1, "inner": 0, "cost": cost.to_dict(),
-                                         "events": log.events, "curve": log.prune_curve})
+            snapshot(state, carry_next, _progress(p + 1, 0, cost.to_dict(), log))
             last_save[0] = time.perf_counter()
     if carry_next is None:
         carry_next = model_of(state)
     return state, carry_next, log
 
 
-def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, every, on_epoch):
+def _progress(phase: int, inner: int, cost: dict, log: UpdateLog) -> dict:
+    """What a snapshot records of an update at phase ``phase``, epoch/iteration ``inner``."""
+    return {"phase": phase, "inner": inner, "cost": cost, "events": log.events,
+            "curve": log.prune_curve, "phases": [pl.to_dict() for pl in log.phases],
+            "stopped": log.stopped, "grow_limit": log.grow_limit}
+
+
+def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, every, on_epoch,
+                   cap, grow_limit):
     n_all = cost.n_available
     n = num_examples(getattr(data, spec.data))
     before = phase_log.epochs
@@ -245,7 +268,7 @@ def _grow_or_train(trainer, spec, state, data, start, phase_log, cost, save, eve
         learning_rate=spec.learning_rate, grow_every=spec.grow_every,
         percentile=spec.percentile, scope=spec.scope, init=spec.init,
         grow=spec.kind == "grow", name=spec.name, on_epoch=hook, start_epoch=start,
-        log=phase_log)
+        log=phase_log, max_epochs=cap, max_active=grow_limit)
     return state
 
 
@@ -254,45 +277,99 @@ def _point(state: TrainState, active: int, val_error: float, measure) -> dict:
             **(measure(state) if measure is not None else {})}
 
 
-def _prune(trainer, spec, state, data, rule, start, phase_log, log, here, save, every, measure):
+def _event_point(event: dict) -> dict:
+    """The pruning-curve point of an iteration's event (errors in percent)."""
+    return {"active": int(event["active"]), "val_error": 100.0 * float(event["val_error"]),
+            **{k: v for k, v in event.items() if k not in ITERATION_FIELDS}}
+
+
+def _prune(trainer, spec, state, data, rule, start, phase_log, log, here, save, every, measure,
+           cap):
     ref = here.get("reference_error") if here else None
     if ref is None:
         ref = trainer.error(state, data.validation)
         log.prune_curve = [_point(state, gpjax.count_params(state.masks).active, ref, measure)]
-    held = [0]
 
     def hook(best, ev):
-        if not ev["held"]:
+        if not ev["kept"]:
             return
-        log.prune_curve.append(_point(best, ev["active"], ev["val_error"], measure))
-        held[0] += 1
-        if save is not None and held[0] % every == 0:
+        log.prune_curve.append(_event_point(ev))
+        kept = sum(e["kept"] for e in phase_log.events if "kept" in e)
+        if save is not None and kept % every == 0:
             save(best, ev["iteration"] + 1, {"reference_error": ref})
 
-    iterations = [start]
-
-    def count(best, ev):
-        iterations[0] = ev["iteration"] + 1
-        hook(best, ev)
-
     state, plog = prune_and_retrain(trainer, state, data.all, data.validation, rule,
-                                    name=spec.name, reference_error=ref, on_iteration=count,
-                                    start_iteration=start, log=phase_log)
-    log.events[spec.name] = {"iterations": iterations[0], "reference_error": ref}
-    log.stopped[spec.name] = plog.stopped
+                                    name=spec.name, reference_error=ref, on_iteration=hook,
+                                    start_iteration=start, log=phase_log, measure=measure,
+                                    max_epochs=cap)
+    iterations = max([start] + [e["iteration"] + 1 for e in plog.events if "iteration" in e])
+    log.events[spec.name] = {"iterations": iterations, "reference_error": ref}
     return state
 
 
+def iteration_record(event: dict) -> dict:
+    """A pruning iteration's event as a result row records it: errors in percent."""
+    out = dict(event)
+    for k in ("val_error", "val_error_pruned"):
+        if k in out:
+            out[k] = 100.0 * float(out[k])
+    return out
+
+
+def _phase_record(pl: PhaseLog, pruning: bool) -> tuple[dict, list[dict]]:
+    """A phase's passes (with its iterations' counts when ``pruning``) and iteration records."""
+    iters = [e for e in pl.events if "iteration" in e]
+    passes = {"epochs": pl.epochs, "train_epochs": pl.train_epochs,
+              "grad_passes": pl.grad_passes, "stopped": pl.stopped}
+    if pruning:
+        passes.update(iterations=len(iters), held=sum(e["held"] for e in iters),
+                      failed=sum(not e["held"] for e in iters))
+    return passes, [iteration_record(e) for e in iters]
+
+
+def update_record(log: UpdateLog, nonrec: PhaseLog | None = None) -> dict:
+    """What a result row (and a store version's metrics) record of an update's cost and
+    pruning, beside ``epochs`` / ``epochs_by_phase``.
+
+    Returns:
+      ``{"epochs_paper", "epochs_paper_by_phase"`` (normalised epochs under the paper's
+      reading, :mod:`gpjax.incremental.cost`), ``"phase_passes"`` (per phase: ``epochs``,
+      ``train_epochs`` and ``grad_passes`` over its own data; for pruning also
+      ``iterations``, ``held``, ``failed``; ``stopped``), ``"prune_log"`` (per pruning phase,
+      one :func:`iteration_record` per iteration), ``"prune_stopped"``, ``"grow_limit"``
+      (:attr:`UpdateLog.grow_limit`)``}``; with ``nonrec`` (the non-recoverable phase's log)
+      also ``"phase_passes_nonrecoverable"``, ``"prune_log_nonrecoverable"`` and
+      ``"epochs_paper_nonrecoverable"``.
+    """
+    passes, prune_log = {}, {}
+    for pl in log.phases:
+        passes[pl.name], its = _phase_record(pl, pl.name in log.events)
+        if pl.name in log.events:
+            prune_log[pl.name] = its
+    out = {"epochs_paper": log.cost.epochs_paper,
+           "epochs_paper_by_phase": dict(log.cost.paper_by_phase),
+           "phase_passes": passes, "prune_log": prune_log, "prune_stopped": dict(log.stopped),
+           "grow_limit": log.grow_limit}
+    if nonrec is not None:
+        p, its = _phase_record(nonrec, True)
+        out.update(phase_passes_nonrecoverable=p, prune_log_nonrecoverable=its,
+                   epochs_paper_nonrecoverable=nonrec.paper_epochs())
+    return out
+
+
 def nonrecoverable(trainer: Trainer, state: TrainState, data: RoundData,
-                   rule: PruneConfig) -> tuple[TrainState, PhaseLog]:
+                   rule: PruneConfig, *, max_epochs: float | None = None
+                   ) -> tuple[TrainState, PhaseLog]:
     """The non-recoverable model: ``rule`` with neurons allowed to go, from a copy of ``state``.
 
     Its stopping rule is measured from ``state``'s validation error. The result is for
-    deployment: it is never inherited by a later update.
+    deployment: it is never inherited by a later update. ``max_epochs``: a cap in normalised
+    epochs on its retraining (what an update's cap leaves, :meth:`Cost.remaining`).
     """
     rule = dataclasses.replace(rule, recoverable=False)
     return prune_and_retrain(trainer, _copy(state), data.all, data.validation, rule,
-                             name="nonrecoverable")
+                             name="nonrecoverable", max_epochs=max_epochs)
 
 
-__all__ = ["RoundData", "UpdateLog", "model_of", "nonrecoverable", "start_state", "update"]
+__all__ = ["RoundData", "UpdateLog", "iteration_record", "model_of", "nonrecoverable",
+           "start_state", "update", "update_record"]

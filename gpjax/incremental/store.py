@@ -45,8 +45,8 @@ from gpjax.data.npz import DataFile, DataFileError, holdout, read_data
 from gpjax.incremental.checkpoint import RoundCheckpointer
 from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
-from gpjax.incremental.policies import Policy, make_policy, policy_to_dict
-from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, update
+from gpjax.incremental.policies import Budget, Policy, make_policy, policy_to_dict, with_budget
+from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, update, update_record
 from gpjax.models.adapter import as_adapter
 from gpjax.models.registry import make_model, model_class
 from gpjax.tasks import TASKS
@@ -357,7 +357,9 @@ class ModelStore:
 
     def update(self, new_data, *, old: Sequence | None = None, validation=None, test=None,
                max_forgetting: float | None = None, resume: bool = False,
-               progress: bool = True, policy: str | None = None) -> dict:
+               progress: bool = True, policy: str | None = None,
+               policy_overrides: dict | None = None,
+               budget: Budget = Budget()) -> dict:
         """A new version from the LATEST one and ``new_data`` plus every earlier example.
 
         Args:
@@ -369,28 +371,59 @@ class ModelStore:
             version is kept but ``LATEST`` stays where it was.
           resume: continue an interrupted update from its checkpoints in ``work/``.
           policy: this update's policy instead of the store's (e.g. "tfs").
+          policy_overrides: field overrides of this update's policy (dotted keys, as
+            :meth:`create` takes them), on top of the store's own when the policy is the
+            store's; recorded in the manifest's ``policy``.
+          budget: a size target and/or a cost cap for this update
+            (:class:`~gpjax.incremental.policies.Budget`; recorded in the manifest's
+            ``budget``).
 
         Returns:
           The new version's manifest (``promoted`` says whether LATEST moved).
+
+        Raises:
+          StoreError: among others, a budget that is not positive or a target above the
+            model's connections (checked before anything is written).
         """
         if not self.versions():
             raise StoreError(f"{self.path} has no version yet; make the first with `gpjax init`")
+        self._check_budget(budget)
         return self._make(new_data, validation, test, old=old, resume=resume,
-                          progress=progress, max_forgetting=max_forgetting, policy=policy)
+                          progress=progress, max_forgetting=max_forgetting,
+                          policy=(policy, dict(policy_overrides or {})),
+                          budget=budget)
 
-    def _policy(self, name: str | None) -> Policy:
+    def _check_budget(self, budget: Budget) -> None:
+        n, e = budget
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise StoreError(f"--target-params must be a positive number of connections, got "
+                             f"{n!r}; Fix: give an integer N >= 1")
+        if e is not None and (isinstance(e, bool) or not e > 0):
+            raise StoreError(f"--max-epochs must be a positive number of normalised epochs, "
+                             f"got {e!r}; Fix: give E > 0 (e.g. --max-epochs 20)")
+        if n is not None:
+            dense = gpjax.count_params(self._template()["state"].masks).dense
+            if n > dense:
+                raise StoreError(f"--target-params {n} is more than the model's {dense} "
+                                 f"connections; Fix: give N <= {dense} (`gpjax history` shows "
+                                 "the versions' sizes)")
+
+    def _policy(self, choice: tuple[str | None, dict] | None) -> Policy:
+        """The policy of an update: ``(name or None for the store's, field overrides)``."""
+        name, overrides = choice or (None, {})
         if name is None or name == self.spec["policy"]:
-            return make_policy(self.spec["policy"], self.spec["policy_overrides"])
-        return make_policy(name)
+            return make_policy(self.spec["policy"], {**self.spec["policy_overrides"],
+                                                     **overrides})
+        return make_policy(name, overrides)
 
     def _ckpt_config(self) -> dict:
         return {"store": {k: self.spec[k] for k in ("model", "task", "recipe")}}
 
     def _make(self, data, validation, test, *, old, resume, progress, max_forgetting=None,
-              policy=None) -> dict:
+              policy=None, budget: Budget = Budget()) -> dict:
         t_start = time.time()
         with DirectoryLock(self.path, what="model store command"):
-            job = self._prepare(data, validation, test, old, policy)
+            job = self._prepare(data, validation, test, old, policy, budget)
             work = self.path / WORK
             if work.exists() and not resume:
                 raise StoreError(f"{work} holds an interrupted update; continue it with "
@@ -408,7 +441,7 @@ class ModelStore:
             shutil.rmtree(work)
             return manifest
 
-    def _prepare(self, data, validation, test, old, policy) -> dict:
+    def _prepare(self, data, validation, test, old, policy, budget: Budget = Budget()) -> dict:
         """Reads and checks every input before anything is written."""
         first = not self.versions()
         if first:
@@ -426,7 +459,7 @@ class ModelStore:
             files[-1] = (new, self._entry(new, "train_all", version))
             files.append((v, self._entry(v, "validation", version)))
         test_file = self._read(test) if test is not None else None
-        pol = self._policy(policy)
+        pol = with_budget(self._policy(policy), budget)
         round_index = 0 if first else parent["round"] + 1
         record = {"version": version, "parent": None if first else parent["version"],
                   "round": round_index, "policy": policy_to_dict(pol),
@@ -492,7 +525,7 @@ class ModelStore:
         rec, pol = job["record"], job["policy"]
         data, val = self._round_data(job["files"])
         trainer = dataclasses.replace(self.trainer, progress=progress)
-        plan = pol.plan(rec["round"])
+        plan = pol.round_plan(rec["round"])
         ckpt = RoundCheckpointer(work / "checkpoints", config=self._ckpt_config(),
                                  max_to_keep=2, async_save=False)
         template = self._template()
@@ -530,10 +563,15 @@ class ModelStore:
                 checkpoint_interval_s=self.recipe.checkpoint_interval_s, measure=measure)
         finally:
             ckpt.close()
-        nonrec = None
+        nonrec, nlog = None, None
         if pol.nonrecoverable is not None:
-            nonrec, nlog = nonrecoverable(trainer, state, data, pol.nonrecoverable)
+            nonrec, nlog = nonrecoverable(
+                trainer, state, data, pol.nonrecoverable,
+                max_epochs=log.cost.remaining(plan.max_epochs, log.cost.n_available))
         metrics = self._metrics(state, nonrec, val, test, job["parent"], log, data)
+        metrics.update(update_record(log, nlog))
+        if nlog is not None:
+            metrics["epochs_nonrecoverable"] = nlog.epochs
         metrics["wall_time_total_s"] = time.time() - t_start
         promoted = True
         if (max_forgetting is not None and metrics["forgetting"] is not None
@@ -547,7 +585,8 @@ class ModelStore:
                                         "seed": self.recipe.seed},
                     "start": plan.start, "metrics": metrics, "promoted": promoted,
                     "max_forgetting": max_forgetting,
-                    "prune_curve": log.prune_curve, "stopped": log.stopped}
+                    "prune_curve": log.prune_curve, "stopped": log.stopped,
+                    "budget": _budget_record(pol, metrics)}
         self._write_version(rec["version"], state, carry_next, nonrec, manifest)
         if promoted:
             atomic_write_text(self.path / LATEST, _vname(rec["version"]) + "\n")
@@ -598,6 +637,18 @@ class ModelStore:
         if final.exists():  # a version dir left by a crash between rename and LATEST
             shutil.rmtree(final)
         os.replace(staging, final)
+
+
+def _budget_record(pol: Policy, metrics: dict) -> dict:
+    """The manifest's ``budget``: what was asked (``target_params``, ``max_epochs``; None
+    when not) and whether the version meets it (``target_met``, ``within_max_epochs``: None
+    when not asked). The cap covers the update and its non-recoverable post-processing."""
+    target, cap = pol.prune.target_params, pol.max_epochs
+    spent = metrics["epochs"] + (metrics.get("epochs_nonrecoverable") or 0.0)
+    return {"target_params": target, "max_epochs": cap,
+            "target_met": None if target is None else metrics["params"] <= target,
+            "within_max_epochs": None if cap is None else spent <= cap + 1e-9,
+            "epochs_spent": spent}
 
 
 __all__ = ["LoadedModel", "ModelStore", "Recipe", "StoreError"]

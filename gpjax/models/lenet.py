@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpjax.chain import Chain, LayerSpec
 from gpjax.models.conv import conv_as_row_gemm  # noqa: F401  (its home before conv.py)
 
 LEAKY_SLOPE = 0.01
@@ -91,6 +92,14 @@ class LeNet300(nn.Module):
 
     input_kernels: ClassVar[tuple[str, ...]] = ("*fc1/kernel",)
 
+    def compact_chain(self) -> Chain:
+        """The layer chain for :func:`gpjax.compact`: ``fc1 .. fc<n>``, leaky ReLU between;
+        input: the first kernel's rows."""
+        n = len(self.hidden) + 1
+        return Chain(tuple(
+            LayerSpec(f"fc{i + 1}/kernel", f"fc{i + 1}/bias", "dense",
+                      "leaky_relu" if i < n - 1 else "identity") for i in range(n)))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits of a batch.
@@ -133,6 +142,17 @@ class LeNet5(nn.Module):
     num_classes: int = 10
 
     input_kernels: ClassVar[tuple[str, ...]] = ("*conv1/kernel",)
+
+    def compact_chain(self) -> Chain:
+        """The layer chain for :func:`gpjax.compact`: two padded/valid 5x5 convs with leaky
+        ReLU and 2x2 max pooling, three dense layers; input ``(28, 28, C)``."""
+        conv = [LayerSpec("conv1/kernel", "conv1/bias", "conv", "leaky_relu", ((2, 2), (2, 2)),
+                          True),
+                LayerSpec("conv2/kernel", "conv2/bias", "conv", "leaky_relu", ((0, 0), (0, 0)),
+                          True)]
+        dense = [LayerSpec(f"fc{i}/kernel", f"fc{i}/bias", "dense",
+                           "leaky_relu" if i < 3 else "identity") for i in (1, 2, 3)]
+        return Chain((*conv, *dense), (28, 28, 1))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

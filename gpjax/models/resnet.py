@@ -23,6 +23,13 @@ from gpjax.models.lenet import leaky_relu
 ConvImpl = Literal["auto", "im2col", "xla"]
 
 
+def _refuse_compact(name: str):
+    """What ``compact_chain()`` of a residual model does: :func:`gpjax.compact` refuses it."""
+    raise ValueError(f"compact cannot shrink {name}: its residual blocks need the same channels "
+                     "removed on both sides of each skip connection (not implemented). Fix: "
+                     "deploy the masked model, or compact a plain chain")
+
+
 def conv_module(impl: ConvImpl) -> Callable[..., nn.Conv]:
     """``nn.Conv`` computing its convolution the way ``impl`` says.
 
@@ -54,6 +61,10 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     conv_impl: ConvImpl = "auto"
+
+    def compact_chain(self):
+        """Not a chain: :func:`gpjax.compact` refuses residual blocks (ValueError)."""
+        _refuse_compact("BasicBlock")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -103,6 +114,10 @@ class ResNet18(nn.Module):
     conv_impl: ConvImpl = "auto"
 
     input_kernels: ClassVar[tuple[str, ...]] = ("*stem_conv/kernel",)
+
+    def compact_chain(self):
+        """Not a chain: :func:`gpjax.compact` refuses ResNet-18 (ValueError)."""
+        _refuse_compact("ResNet18")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

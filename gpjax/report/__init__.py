@@ -13,7 +13,13 @@ A *row* is one dict per policy x seed x round::
      ...}                           # free extra keys are kept
 
 ``prune_curve`` (optional; older results lack it): the model before the round's recoverable
-pruning and after each held iteration, in order (:mod:`gpjax.matched`).
+pruning and after each held iteration, in order (:mod:`gpjax.matched`). Rows also record the
+cost under the paper's reading (``epochs_paper``, ``epochs_paper_cumulative``,
+``epochs_paper_by_phase``), each phase's passes (``phase_passes``), every pruning iteration
+(``prune_log``), why pruning stopped (``prune_stopped``) and the budget (``max_epochs``,
+``target_params``); rows written before these existed lack them, and the report shows "—"
+or leaves their sections out (:func:`cost_table`, :func:`pruning_table`,
+:func:`iteration_table`).
 
 :func:`write_rows` / :func:`load_rows` store and read them (``results.json`` + ``results.csv``;
 unreadable files are named and skipped), :func:`summarise` averages replicates (mean and
@@ -64,9 +70,12 @@ from gpjax.report.rows import (
     write_rows,
 )
 from gpjax.report.tables import (
+    cost_table,
+    iteration_table,
     markdown_table,
     matched_size_tables,
     numeric_metrics,
+    pruning_table,
     recoverability_table,
     summarise,
 )
@@ -74,8 +83,9 @@ from gpjax.report.tables import (
 __all__ = [
     "COLUMNS", "FORMAT", "FORMAT_VERSION", "ID_KEYS", "METRIC_FORMATS", "POLICY_NAMES",
     "POLICY_ORDER", "RESULTS_CSV", "RESULTS_JSON", "Row", "VARIANT_SEP", "base_policy",
-    "build_figures", "columns", "curve_figure", "label_variants", "load_rows", "markdown_table",
+    "build_figures", "columns", "cost_table", "curve_figure", "iteration_table",
+    "label_variants", "load_rows", "markdown_table",
     "matched_size_tables", "numeric_metrics", "recoverability_table", "ordered_policies",
     "pixel_connection_counts", "pixel_connection_heatmap", "pixel_connection_heatmaps",
-    "plot_rows", "policy_key", "policy_label", "summarise", "write_rows",
+    "plot_rows", "policy_key", "policy_label", "pruning_table", "summarise", "write_rows",
 ]

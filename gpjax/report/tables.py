@@ -156,7 +156,8 @@ def markdown_table(rows: Sequence[Row],
             if max_n > 1 else "Cells: single run (one seed).")
     text = "\n".join(lines) + "\n\n" + note + "\n"
     for section in (recoverability_table(rows, policies=pols),
-                    matched_size_tables(rows, policies=pols)):
+                    matched_size_tables(rows, policies=pols),
+                    cost_table(rows, policies=pols), pruning_table(rows, policies=pols)):
         text += "\n" + section if section else ""
     return text
 
@@ -327,4 +328,130 @@ def recoverability_table(rows: Sequence[Row], *, policies: Sequence[str] | None 
         out.append(f"| paper ({paper.network}) | | 100% | {paper.recoverable_error:.2f} | "
                    f"{paper.recoverable_params / 1e3:.1f} | {paper.nonrecoverable_error:.2f} | "
                    f"{paper.nonrecoverable_params / 1e3:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- cost, pruning
+
+#: An iteration that removes less than this share of the connections it starts from is a
+#: "small" one in :func:`pruning_table` (the protection gave most of its step back).
+SMALL_STEP = 0.005
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return "—" if num is None or not den else f"{num / den:.2f}x"
+
+
+def cost_table(rows: Sequence[Row], *, policies: Sequence[str] | None = None) -> str:
+    """Markdown: each round's cost counted two ways, per policy, and its ratio to TFS's.
+
+    "counted" is ``epochs`` (an iteration that holds without retraining costs nothing);
+    "paper" is ``epochs_paper`` (every pruning iteration retrains at least one epoch, the
+    paper's reading; ``docs/method.md``, "Cost"). Rows written before ``epochs_paper``
+    existed have "—" there.
+
+    Returns:
+      The Markdown section, or ``""`` when no row has ``epochs_paper``.
+    """
+    rows = label_variants(rows)
+    if not any(_is_number(r.get("epochs_paper")) for r in rows):
+        return ""
+    summary = {(s["policy"], s["round"]): s
+               for s in summarise(rows, metrics=["epochs", "epochs_paper", "data_fraction"])}
+    pols = list(policies) if policies is not None else ordered_policies(rows)
+    tfs = {_split_variant(p)[1]: p for p in pols if base_policy(p) == "tfs"}
+    header = ["round", "policy", "seeds", "epochs counted", "epochs paper",
+              "÷ TFS counted", "÷ TFS paper"]
+    out = ["## Cost: counted and under the paper's reading", "",
+           "Normalised epochs per round (mean ± s.e. over seeds). Counted: an iteration that "
+           "holds without retraining costs nothing. Paper: every pruning iteration retrains at "
+           "least one epoch. Ratios: the policy's mean over TFS's of the same config.", "",
+           "| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---:|"]
+    for (p, rnd) in sorted(summary, key=lambda k: (k[1], _policy_sort(k[0]))):
+        if p not in pols:
+            continue
+        s = summary[(p, rnd)]
+        t = summary.get((tfs.get(_split_variant(p)[1]), rnd))
+        cells = [_fmt(s[f"{m}_mean"], s[f"{m}_se"], s["n"], "epochs")
+                 for m in ("epochs", "epochs_paper")]
+        ratios = [_ratio(s[f"{m}_mean"], t[f"{m}_mean"] if t else None)
+                  for m in ("epochs", "epochs_paper")]
+        out.append(f"| {rnd} | {policy_label(p)} | {s['n']} | " + " | ".join(cells + ratios)
+                   + " |")
+    return "\n".join(out) + "\n"
+
+
+def _iterations(row: Row) -> list[dict]:
+    """The recoverable pruning iterations of a row (``prune_log``'s phases other than the
+    non-recoverable one), in order; [] for rows written before ``prune_log`` existed."""
+    log = row.get("prune_log") or {}
+    return [e for name, its in log.items() if name != "nonrecoverable" for e in its]
+
+
+def pruning_table(rows: Sequence[Row], *, policies: Sequence[str] | None = None) -> str:
+    """Markdown: what each round's recoverable pruning did (rows with ``prune_log``).
+
+    Per policy and round, summed over seeds: iterations, held, failed, iterations that
+    removed less than :data:`SMALL_STEP` of the connections they started from, retraining
+    epochs, and why the phases stopped (``prune_stopped``).
+
+    Returns:
+      The Markdown section, or ``""`` when no row has ``prune_log``.
+    """
+    rows = [r for r in label_variants(rows) if _iterations(r)]
+    if not rows:
+        return ""
+    pols = list(policies) if policies is not None else ordered_policies(rows)
+    out = ["## Recoverable pruning, iteration by iteration", "",
+           f"Summed over seeds. Small: iterations that removed under {100 * SMALL_STEP:g}% of "
+           "the connections they started from. `gpjax report --iterations` lists every "
+           "iteration.", "",
+           "| round | policy | seeds | iterations | held | failed | small | retraining epochs "
+           "| stopped |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r["policy"], r["round"]), []).append(r)
+    for (p, rnd) in sorted(groups, key=lambda k: (k[1], _policy_sort(k[0]))):
+        if p not in pols:
+            continue
+        its = [e for r in groups[(p, rnd)] for e in _iterations(r)]
+        small = sum(e["removed"] < SMALL_STEP * (e["active"] + e["removed"]) for e in its)
+        stops: dict[str, int] = {}
+        for r in groups[(p, rnd)]:
+            for name, why in (r.get("prune_stopped") or {}).items():
+                if name != "nonrecoverable":
+                    stops[why] = stops.get(why, 0) + 1
+        held = sum(bool(e["held"]) for e in its)
+        out.append(f"| {rnd} | {policy_label(p)} | {len(groups[(p, rnd)])} | {len(its)} | "
+                   f"{held} | {len(its) - held} | {small} | "
+                   f"{sum(e['retrain_epochs'] for e in its)} | "
+                   + ", ".join(f"{k} x{v}" for k, v in sorted(stops.items())) + " |")
+    return "\n".join(out) + "\n"
+
+
+def iteration_table(row: Row) -> str:
+    """Markdown: every pruning iteration of one row (policy, seed, round): active
+    connections after it, connections removed, retraining epochs, val error right after the
+    removal and after retraining, test error (when measured), held, kept.
+
+    Returns:
+      The Markdown section, or ``""`` for a row without ``prune_log``.
+    """
+    log = row.get("prune_log") or {}
+    if not any(log.values()):
+        return ""
+    out = [f"### {policy_label(row['policy'])}, seed {row['seed']}, round {row['round']}"]
+    for name, its in log.items():
+        out += ["", f"Phase `{name}` (stopped: "
+                f"{(row.get('prune_stopped') or {}).get(name, '?')}):", "",
+                "| iteration | active | removed | retraining epochs | val % pruned | "
+                "val % | test % | held | kept |", "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        for e in its:
+            cells = [e.get("iteration"), e.get("active"), e.get("removed"),
+                     e.get("retrain_epochs")]
+            errs = [e.get(k) for k in ("val_error_pruned", "val_error", "test_error")]
+            out.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " | "
+                       + " | ".join("—" if v is None else f"{v:.2f}" for v in errs) + " | "
+                       + f"{'yes' if e.get('held') else 'no'} | "
+                       + f"{'yes' if e.get('kept', e.get('held')) else 'no'} |")
     return "\n".join(out) + "\n"
