@@ -466,10 +466,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gpjax.incremental.loop import ResultsConflictError
     from gpjax.incremental.phases import NonFiniteLossError
     from gpjax.incremental.store import StoreError
-    from gpjax.models.registry import ModelImportError
+    from gpjax.models.registry import ModelFrameworkError, ModelImportError
     return (UsageError, DataFileError, ConfigError, CheckpointMismatchError, DirectoryLockedError,
             ResultsConflictError, StoreError, ModelImportError, FileExistsError,
-            NonFiniteLossError)
+            NonFiniteLossError, ModelFrameworkError)
 
 
 USER_ERRORS = _user_errors()

@@ -18,6 +18,20 @@ from pathlib import Path
 from gpjax._cli_common import UsageError, positive_ints, table
 
 
+def _model_fn(model, chosen: dict, input_shape):
+    """An NNX/Equinox model (its :class:`~gpjax.models.adapter.Adapter`) as the
+    :class:`~gpjax.chain.ModelFn` compact reads: evaluation forward with ``aux`` bound, its
+    layout, the store's input shape and the kernels in forward order; a linen module as is."""
+    from gpjax.chain import ModelFn
+    from gpjax.models.adapter import Adapter
+    if not isinstance(model, Adapter):
+        return model
+    import numpy as np
+    x = np.zeros((1, *input_shape), np.float32)
+    kernels = model.kernel_paths(chosen["params"], chosen["aux"], x)
+    return ModelFn(model.forward(chosen["aux"]), model.layout, tuple(input_shape), kernels)
+
+
 def load_for_export(source: str | Path, *, version: int | None = None,
                     round_index: int | None = None, which: str = "nonrecoverable") -> dict:
     """The model to export from a model store (a version, default LATEST) or a ``gpjax run``
@@ -34,7 +48,8 @@ def load_for_export(source: str | Path, *, version: int | None = None,
         m = store.load(version)
         chosen = m.nonrecoverable if which == "nonrecoverable" and m.nonrecoverable else {
             "params": m.params, "masks": m.masks, "aux": m.aux}
-        return {"model": m.model, **chosen, "input_shape": store.spec["input_shape"],
+        return {"model": _model_fn(m.model, chosen, store.spec["input_shape"]), **chosen,
+                "input_shape": store.spec["input_shape"],
                 "num_classes": store.spec["num_classes"],
                 "source": f"model store {store.path}, version {m.version}"}
     if version is not None:

@@ -15,9 +15,11 @@ Examples::
     gpjax plot store/               # error, parameters and cost per version (PNG)
 
 Data files are ``.npz`` with arrays ``x`` (float ``[N, ...]``) and ``y`` (integer labels
-``[N]``), a directory holding ``x.npy`` and ``y.npy`` (memory-mapped: for data that outgrow
-memory), an ArrayRecord file (``gpjax.data.sources.write_array_record``) or ``tfds:NAME``.
-The model's input shape and class count come from the first data.
+``[N]``; with ``--task regression`` float targets ``[N]`` or ``[N, k]``), a directory holding
+``x.npy`` and ``y.npy`` (memory-mapped: for data that outgrow memory), an ArrayRecord file
+(``gpjax.data.sources.write_array_record``) or ``tfds:NAME``. The model's input shape and class
+count come from the first data. ``--model`` names a zoo model or a Flax linen, Flax NNX or
+Equinox class (``module:Class``; see :mod:`gpjax.models.adapter`).
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         else:
             recipe_over, policy_over = _sets(args.set)
             store = ModelStore.create(path, model=args.model, model_kwargs=args.model_kwargs,
-                                      policy=args.policy, policy_overrides=policy_over,
-                                      recipe=_recipe(recipe_over))
+                                      task=args.task, policy=args.policy,
+                                      policy_overrides=policy_over, recipe=_recipe(recipe_over))
         manifest = store.init(args.data, validation=args.validation, test=args.test,
                               progress=not args.no_progress, resume=args.resume)
     except Exception as e:
@@ -183,10 +185,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gpjax.incremental.store import ModelStore
-    res = ModelStore.open(args.store).evaluate(args.data, version=args.version)
+    store = ModelStore.open(args.store)
+    res = store.evaluate(args.data, version=args.version)
+    unit = "RMSE" if store.spec["task"] == "regression" else "error %"
     cols = [("version", "version", "{}"), ("n", "examples", "{:,}"),
-            ("test_error", "error %", "{:.2f}"),
-            ("test_error_nonrecoverable", "non-recoverable error %", "{:.2f}")]
+            ("test_error", unit, "{:.4g}" if unit == "RMSE" else "{:.2f}"),
+            ("test_error_nonrecoverable", f"non-recoverable {unit}", "{:.2f}")]
     print(table([res], cols))
     return 0
 
@@ -245,9 +249,14 @@ def add_parsers(sub, formatter) -> None:
                 "gpjax init store/ --model lenet300 --data part1.npz --test test.npz")
     i.add_argument("store", help="the store directory (new or empty)")
     i.add_argument("--model", default=None,
-                   help="zoo name (lenet300, lenet5, resnet18) or package.module:Class")
+                   help="zoo name (lenet300, lenet5, resnet18) or package.module:Class of a "
+                        "Flax linen, Flax NNX or Equinox model")
     i.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
                    help="constructor arguments, e.g. '{\"hidden\": [300, 100]}'")
+    i.add_argument("--task", default="classifier", metavar="KIND",
+                   help="classifier (integer labels y [N]; error in %%), regression (float "
+                        "targets y [N] or [N, k]; MSE loss, errors are RMSEs) or "
+                        "module:function returning (Task, metrics)")
     i.add_argument("--data", required=True, help=".npz (arrays x, y), a directory of x.npy + "
                    "y.npy, an .array_record file or tfds:NAME")
     i.add_argument("--validation", default=None, help="validation file (default: a held-out "

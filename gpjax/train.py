@@ -369,20 +369,23 @@ def _evaluate(params, aux, data, task: Task, batch_size: int):
 
 def evaluate(params: PyTree, aux: PyTree, data: PyTree, *, task: Task,
              batch_size: int = 1000, data_config: DataConfig = DataConfig()) -> float:
-    """Mean per-example error of the model on ``data`` (a fraction in [0, 1]).
+    """Mean per-example error of the model on ``data`` (a fraction in [0, 1]), passed through
+    ``task.aggregate`` when the task has one (regression: the root of the mean, the RMSE / 100).
 
     ``data``: a pytree of arrays ``[N, ...]`` (one jitted scan) or a streamed split (Grain
     blocks of whole batches of about ``data_config.block_bytes``, evaluation view, one scan
     each).
     """
     if not stream.is_streamed(data):
-        return float(_evaluate(params, aux, data, task, batch_size))
-    n = len(data)
-    block = pipeline.block_size(data, min(batch_size, n), data_config.block_bytes)
-    total = jnp.zeros((), jnp.float32)
-    for part in pipeline.block_iterator(data, np.arange(n), block, data_config):
-        total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
-    return float(total) / n
+        mean = float(_evaluate(params, aux, data, task, batch_size))
+    else:
+        n = len(data)
+        block = pipeline.block_size(data, min(batch_size, n), data_config.block_bytes)
+        total = jnp.zeros((), jnp.float32)
+        for part in pipeline.block_iterator(data, np.arange(n), block, data_config):
+            total = total + _evaluate(params, aux, part, task, batch_size) * num_examples(part)
+        mean = float(total) / n
+    return mean if task.aggregate is None else task.aggregate(mean)
 
 
 @functools.cache

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from gpjax.data.sources import CHUNK_BYTES, Source, SourceError, chunks, open_source
+from gpjax.data.sources import (
+    CHUNK_BYTES,
+    ArraysSource,
+    Source,
+    SourceError,
+    chunks,
+    open_source,
+)
 
 PyTree = Any
 
@@ -188,10 +195,40 @@ def check_source(src: Source, *, input_shape: tuple | None = None,
     return h.hexdigest()
 
 
+def check_regression(name: str, x: np.ndarray, y: np.ndarray, *,
+                     input_shape: tuple | None = None,
+                     target_shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float32, y float32)`` of a regression file: float targets ``[N]`` or ``[N, k]``.
+
+    Raises:
+      DataFileError: naming ``name``, the array and the fix (integer targets are refused: they
+        are class labels, the classifier's convention).
+    """
+    if len(x) == 0 or len(x) != len(y):
+        raise DataFileError(f"{name}: x has {len(x)} examples and y {len(y)}; give one target "
+                            "per example, at least one example")
+    if not np.issubdtype(y.dtype, np.floating):
+        raise DataFileError(f"{name}: y has dtype {y.dtype}, but a regression store takes float "
+                            "targets [N] or [N, k]; Fix: save y.astype(np.float32), or make a "
+                            "classifier store (--task classifier) for class labels")
+    if y.ndim not in (1, 2):
+        raise DataFileError(f"{name}: y has shape {y.shape}; regression targets are [N] or "
+                            "[N, k]; Fix: reshape y to (N, k)")
+    if target_shape is not None and tuple(y.shape[1:]) != tuple(target_shape):
+        raise DataFileError(f"{name}: y has targets of shape {tuple(y.shape[1:])}, the store's "
+                            f"have {tuple(target_shape)}; Fix: give targets of the store's shape")
+    x, _ = check_classification(name, x, np.zeros(len(x), np.int32), input_shape=input_shape)
+    if not np.all(np.isfinite(y)):
+        raise DataFileError(f"{name}: y has NaN/inf targets; clean or drop those examples")
+    return x, y.astype(np.float32)
+
+
 def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = None,
               num_classes: int | None = None, name: str | None = None,
-              chunk_bytes: int = CHUNK_BYTES) -> DataFile:
-    """Opens and checks one classification data source, a chunk at a time.
+              chunk_bytes: int = CHUNK_BYTES, target_shape: tuple | None = None,
+              regression: bool = False) -> DataFile:
+    """Opens and checks one classification (or, with ``regression``, regression) data source,
+    a chunk at a time (regression data: read whole).
 
     Args:
       source: an ``.npz`` path, a directory holding ``x.npy`` and ``y.npy`` (memory-mapped),
@@ -201,6 +238,8 @@ def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = 
       num_classes: the model's class count (labels checked when given).
       name: a label for in-memory arrays (default ``"<arrays>"``).
       chunk_bytes: host memory of one chunk of the checking and fingerprinting pass.
+      target_shape: regression targets' shape per example (checked when given).
+      regression: float targets (:func:`check_regression`) instead of integer labels.
 
     Raises:
       DataFileError: the source cannot be used (see the module docstring).
@@ -209,6 +248,10 @@ def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = 
         src = open_source(source, name=name, load_npz=_load_npz)
     except SourceError as e:
         raise DataFileError(str(e)) from None
+    if regression:
+        x, y = check_regression(src.name, *src.read(np.arange(len(src))),
+                                input_shape=input_shape, target_shape=target_shape)
+        return DataFile(src.name, ArraysSource((x, y), src.name), fingerprint((x, y)))
     return DataFile(src.name, src, check_source(src, input_shape=input_shape,
                                                 num_classes=num_classes,
                                                 chunk_bytes=chunk_bytes))
@@ -229,5 +272,5 @@ def holdout(file: DataFile, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-__all__ = ["DataFile", "DataFileError", "check_classification", "check_source", "fingerprint",
-           "holdout", "read_data"]
+__all__ = ["DataFile", "DataFileError", "check_classification", "check_regression",
+           "check_source", "fingerprint", "holdout", "read_data"]

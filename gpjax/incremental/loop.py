@@ -303,7 +303,8 @@ class _Run:
             self.heatmap(state.masks, r, "recoverable")
         previous = self.rows[-1]["epochs_cumulative"] if self.rows else 0.0
         previous_paper = self.rows[-1].get("epochs_paper_cumulative") if self.rows else 0.0
-        dead = gpjax.dead_units(state.masks, input_fed=self.exp.input_kernels)
+        dead = gpjax.dead_units(state.masks, input_fed=self.exp.input_kernels,
+                                layout=self.exp.task.layout)
         cost = log.cost
         row = {
             "policy": self.policy.name, "seed": self.seed, "round": r,

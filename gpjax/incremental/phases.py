@@ -409,7 +409,7 @@ def prune_and_retrain(
         params, masks = gpjax.prune(state.params, state.masks, percentile=cfg.percentile,
                                     recoverable=cfg.recoverable, protection=cfg.protection,
                                     scope=cfg.scope,
-                                    input_fed=input_fed)
+                                    input_fed=input_fed, layout=trainer.task.layout)
         new_active = gpjax.count_params(masks).active
         if new_active >= active:
             log.stopped = "exhausted"  # nothing left that may be pruned
@@ -481,7 +481,8 @@ def new_state(trainer: Trainer, key: jax.Array, example_batch: Any, *, density: 
         masks = gpjax.init_masks(params, density=density, key=k_mask)
         if connect:
             masks = gpjax.connect_units(masks, seed=jax.random.fold_in(k_mask, 1),
-                                        input_fed=list(trainer.task.input_kernels))
+                                        input_fed=list(trainer.task.input_kernels),
+                                        layout=trainer.task.layout)
     params = gpjax.apply_masks(params, masks)
     return TrainState(params, masks, aux if aux is not None else {}, trainer.tx.init(params),
                       k_run)

@@ -63,6 +63,7 @@ from gpjax.incremental.lock import DirectoryLock
 from gpjax.incremental.phases import Trainer, new_state
 from gpjax.incremental.policies import Budget, Policy, make_policy, policy_to_dict, with_budget
 from gpjax.incremental.runner import RoundData, model_of, nonrecoverable, update, update_record
+from gpjax.models.adapter import as_adapter
 from gpjax.models.registry import make_model, model_class
 from gpjax.tasks import TASKS
 from gpjax.train import OptimizerConfig, TrainState, evaluate, make_optimizer
@@ -154,6 +155,9 @@ def _vname(v: int) -> str:
 
 
 def _task_of(kind: str):
+    if kind not in TASKS and ":" not in kind:
+        raise StoreError(f"unknown task {kind!r}; Fix: use classifier, regression or an import "
+                         "path module:function returning (Task, metrics)")
     return TASKS[kind] if kind in TASKS else model_class(kind)
 
 
@@ -406,7 +410,9 @@ class ModelStore:
     # ------------------------------------------------------------------------- data
     def _read(self, source) -> DataFile:
         return read_data(source, input_shape=self.spec["input_shape"],
-                         num_classes=self.spec["num_classes"])
+                         num_classes=self.spec["num_classes"],
+                         regression=self.spec["task"] == "regression",
+                         target_shape=self.spec.get("target_shape"))
 
     def _view(self, f: DataFile, streamed: bool | None = None) -> tuple | SourceSplit:
         """A file's examples: arrays in memory, or (beyond the recipe's memory budget, or when
@@ -626,7 +632,8 @@ class ModelStore:
         """Reads and checks every input before anything is written."""
         first = not self.versions()
         if first:
-            new = read_data(data) if not isinstance(data, DataFile) else data
+            new = read_data(data, regression=self.spec["task"] == "regression") \
+                if not isinstance(data, DataFile) else data
             self._fix_shapes(new)
         else:
             new = self._read(data)
@@ -650,12 +657,33 @@ class ModelStore:
                 "parent": parent}
 
     def _fix_shapes(self, f: DataFile) -> None:
-        """The first data fix the model's input shape and classes (checked on later files)."""
+        """The first data fix the model's input shape and classes (or regression targets'
+        shape), checked against the model's outputs and on later files."""
         x = f.read(np.arange(1))[0]
-        variables = self.model.init(jax.random.PRNGKey(0), x, train=False)
-        classes = int(self.model.apply(variables, x, train=False).shape[-1])
-        check_source(f.source, num_classes=classes)
-        self.spec = {**self.spec, "input_shape": list(x.shape[1:]), "num_classes": classes}
+        adapter = as_adapter(self.model)
+        params, aux = adapter.init(jax.random.PRNGKey(0), x[:1])
+        out = jax.eval_shape(lambda: adapter.apply(params, aux, x[:1], train=False)[0])
+        shape = tuple(getattr(out, "shape", ()))
+        name = self.spec["model"]["spec"]
+        if self.spec["task"] == "regression":
+            want = tuple(f.source.spec.shapes[1])
+            if shape not in ((1, *want),) + (((1,), (1, 1)) if not want else ()):
+                raise StoreError(
+                    f"model {name!r} returns outputs of shape {shape} for one example, but the "
+                    f"regression targets are {list(want) or 'scalars'} (the task wants [B] or "
+                    "[B, 1] for targets [N], [B, k] for [N, k]); Fix: give the model that many "
+                    "outputs, or reshape y")
+            self.spec = {**self.spec, "input_shape": list(x.shape[1:]), "num_classes": None,
+                         "target_shape": list(want)}
+            return
+        if len(shape) != 2 or (self.spec["task"] == "classifier" and shape[-1] < 2):
+            raise StoreError(
+                f"model {name!r} returns outputs of shape {shape} for one example; a classifier "
+                "returns logits [B, K] with K >= 2 classes; Fix: end the model with a dense "
+                "layer of K outputs, or use --task regression for real-valued targets")
+        check_source(f.source, num_classes=int(shape[-1]))
+        self.spec = {**self.spec, "input_shape": list(x.shape[1:]),
+                     "num_classes": int(shape[-1])}
 
     def _round_data(self, files) -> tuple[RoundData, dict]:
         new_v = max(e["added_in"] for _, e in files)
@@ -769,7 +797,8 @@ class ModelStore:
             st.params, st.aux, d, task=self.task, batch_size=self.recipe.eval_batch_size,
             data_config=self.recipe.data)
         counts = gpjax.count_params(state.masks)
-        dead = gpjax.dead_units(state.masks, input_fed=list(self.task.input_kernels))
+        dead = gpjax.dead_units(state.masks, input_fed=list(self.task.input_kernels),
+                                layout=self.task.layout)
         m = {"val_error_old": err(state, val["old"]), "val_error_new": err(state, val["new"]),
              "val_error": err(state, val["all"]),
              "test_error": None if test is None else self.metrics(

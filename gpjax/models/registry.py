@@ -1,9 +1,14 @@
-"""One lookup for models: the zoo by name, any Flax module by import path.
+"""One lookup for models: the zoo by name, any Flax linen, Flax NNX or Equinox class by path.
 
 A *model spec* is a name of :data:`MODELS` (``"lenet300"``, ``"lenet5"``, ``"resnet18"``,
-``"ds2"``) or an import path ``"package.module:ClassName"`` of a user's Flax linen module,
-plus constructor keyword arguments. Specs are plain data: configs, checkpoints and the model
-store's manifests record them, and :func:`make_model` rebuilds the module from them.
+``"ds2"``) or an import path ``"package.module:ClassName"`` of a user's model class, plus
+constructor keyword arguments. Specs are plain data: configs, checkpoints and the model store's
+manifests record them, and :func:`make_model` rebuilds the model from them. The framework is
+read from the class (a subclass of ``flax.linen.Module``, ``flax.nnx.Module`` or
+``equinox.Module``): a linen class gives the module ``Class(**kwargs)`` as always, an NNX or
+Equinox class its :class:`~gpjax.models.adapter.Adapter`, which builds
+``Class(**kwargs, rngs=nnx.Rngs(key))`` / ``Class(**kwargs, key=key)`` from the driver's
+initialisation key. Tasks take either (:mod:`gpjax.tasks`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gpjax.models.adapter import Adapter, ModelFrameworkError, as_adapter, from_class
 from gpjax.models.deepspeech2 import DeepSpeech2
 from gpjax.models.lenet import LeNet5, LeNet300
 from gpjax.models.resnet import ResNet18
@@ -55,7 +61,7 @@ def model_class(spec: str, *, search_path: str | Path | None = None) -> Callable
     if ":" not in spec:
         raise ModelImportError(
             f"unknown model {spec!r}: use one of {', '.join(sorted(MODELS))} or an import path "
-            "'package.module:ClassName' of your own Flax module")
+            "'package.module:ClassName' of your own Flax linen, Flax NNX or Equinox model")
     module_name, _, attr = spec.partition(":")
     if search_path is not None and str(search_path) not in sys.path:
         sys.path.insert(0, str(search_path))
@@ -78,18 +84,39 @@ def model_class(spec: str, *, search_path: str | Path | None = None) -> Callable
 
 def make_model(spec: str, kwargs: Mapping[str, Any] | None = None, *,
                search_path: str | Path | None = None) -> Any:
-    """The Flax module ``spec(**kwargs)``; JSON lists in ``kwargs`` become tuples.
+    """The model of a spec: a linen module ``spec(**kwargs)``, or the
+    :class:`~gpjax.models.adapter.Adapter` of an NNX/Equinox class; JSON lists in ``kwargs``
+    become tuples.
 
     Raises:
       ModelImportError: see :func:`model_class`.
+      ModelFrameworkError: the class is of none of the three frameworks, or an NNX/Equinox
+        constructor takes neither ``rngs`` nor ``key`` (the message says the convention).
       ValueError: the constructor refused ``kwargs`` (the message names them).
     """
     cls = model_class(spec, search_path=search_path)
     try:
-        return cls(**_tuples(dict(kwargs or {})))
+        model = from_class(cls, _tuples(dict(kwargs or {})), name=spec)
     except TypeError as e:
         raise ValueError(f"model {spec!r} does not take the arguments {dict(kwargs or {})}: "
-                         f"{e}") from e
+                         f"{e}; Fix: pass its constructor's keyword arguments with "
+                         "--model-kwargs") from e
+    if not isinstance(cls, type):  # a factory function: its product must be a model
+        try:
+            as_adapter(model)
+        except ModelFrameworkError:
+            raise ModelFrameworkError(
+                f"model {spec!r} returned a {type(model).__name__}, not a Flax linen, Flax NNX "
+                "or Equinox model; Fix: name a model class (or a function returning a "
+                "model)") from None
+    return model
 
 
-__all__ = ["MODELS", "ModelImportError", "make_model", "model_class"]
+def make_adapter(spec: str, kwargs: Mapping[str, Any] | None = None, *,
+                 search_path: str | Path | None = None) -> Adapter:
+    """The :class:`~gpjax.models.adapter.Adapter` of a spec's model (:func:`make_model`)."""
+    return as_adapter(make_model(spec, kwargs, search_path=search_path))
+
+
+__all__ = ["MODELS", "ModelFrameworkError", "ModelImportError", "make_adapter", "make_model",
+           "model_class"]
