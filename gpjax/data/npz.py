@@ -50,30 +50,35 @@ class DataFile:
       name: its path (absolute) or ``tfds:NAME``, or a caller's label for in-memory arrays.
       source: its examples, random access (:mod:`gpjax.data.sources`).
       sha256: fingerprint of the checked arrays' dtypes, shapes and bytes.
+      regression: float targets ``y float32 [N] or [N, k]`` instead of int32 labels.
     """
 
     name: str
     source: Source
     sha256: str
+    regression: bool = False
 
     def __len__(self) -> int:
         return len(self.source)
 
     @functools.cached_property
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every example in memory, ``(x float32 [N, ...], y int32 [N])`` (read on first use;
+        """Every example in memory, ``(x float32 [N, ...], y int32 [N])`` (float32 targets for
+        ``regression``; read on first use;
         for large files take parts with :meth:`read`)."""
         return self.read(np.arange(len(self)))
 
     def nbytes(self) -> int:
         """Host bytes of every example as :meth:`read` returns them (float32 x, int32 y)."""
-        x_shape = self.source.spec.shapes[0]
-        return len(self) * 4 * (int(np.prod(x_shape)) + 1)
+        x_shape, y_shape = self.source.spec.shapes
+        return len(self) * 4 * (int(np.prod(x_shape)) + int(np.prod(y_shape)))
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The examples at ``indices``: ``(x float32 [n, ...], y int32 [n])``."""
+        """The examples at ``indices``: ``(x float32 [n, ...], y int32 [n])`` (``y`` float32
+        ``[n, ...]`` for ``regression``)."""
         x, y = self.source.read(np.asarray(indices, np.int64))
-        return x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
+        y_type = np.float32 if self.regression else np.int32
+        return x.astype(np.float32, copy=False), y.astype(y_type, copy=False)
 
 
 def fingerprint(arrays: tuple) -> str:
@@ -251,7 +256,8 @@ def read_data(source: str | os.PathLike | tuple, *, input_shape: tuple | None = 
     if regression:
         x, y = check_regression(src.name, *src.read(np.arange(len(src))),
                                 input_shape=input_shape, target_shape=target_shape)
-        return DataFile(src.name, ArraysSource((x, y), src.name), fingerprint((x, y)))
+        return DataFile(src.name, ArraysSource((x, y), src.name), fingerprint((x, y)),
+                        regression=True)
     return DataFile(src.name, src, check_source(src, input_shape=input_shape,
                                                 num_classes=num_classes,
                                                 chunk_bytes=chunk_bytes))

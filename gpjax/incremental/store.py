@@ -720,7 +720,8 @@ class ModelStore:
         data = RoundData(*(put(d) for d in (data.new, data.all, data.validation)))
         val = {k: put(v) for k, v in val.items()}
         test = None if job["test"] is None else put(self._view(job["test"]))
-        if jax.process_count() > 1 and any(isinstance(d, SourceSplit) for d in data):
+        if jax.process_count() > 1 and any(isinstance(d, SourceSplit)
+                                           for d in (data.new, data.all, data.validation)):
             raise StoreError(f"the data exceed the recipe's memory budget "
                              f"({self.recipe.data.memory_budget:,} bytes) and streamed data take "
                              "one process; Fix: run it in one process, or raise it with --set "
