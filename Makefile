@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,9 +19,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --out results/demo $(ARGS)
 
-## The test suite (what CI runs).
+## The test suite (what CI runs): everything but the tests marked slow (multi-process runs, the
+## device check's quick mode, the long speech run); `make test-all` runs those too.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=15 $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gpjax tests benchmarks experiments
