@@ -377,6 +377,7 @@ def test_four_devices_match_one(tmp_path, cache_dir):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # ~50 s; in `make test-all` (the suite is at CI's 15 min edge)
 def test_speech_rows_report_wer_and_cer(tmp_path):
     """A speech config's row: ``test_error`` is the corpus WER and ``test_cer`` the corpus CER
     (percent) of the greedy CTC decoding of the test split, as gpjax.metrics scores the final

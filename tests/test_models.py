@@ -497,6 +497,7 @@ def _speech_arrays(split: Any) -> tuple[np.ndarray, ...]:
     return (split.features, split.feature_paddings(), split.labels, split.label_paddings())
 
 
+@pytest.mark.slow  # ~45 s; in `make test-all` (the suite is at CI's 15 min edge)
 def test_ds2_ctc_loss_falls_on_the_synthetic_speech_corpus():
     """300 Adam steps (batch 8) on the eSpeak corpus: the training CTC loss halves, the held-out
     loss falls, and greedy decoding has left the all-blank plateau (CER < 90%; the plateau,
