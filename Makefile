@@ -19,8 +19,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --out results/demo $(ARGS)
 
-## The test suite (what CI runs): everything but the tests marked slow (multi-process runs, the
-## device check's quick mode, the long speech run); `make test-all` runs those too.
+## The test suite (what CI runs): everything but the tests marked slow (multi-process runs and a
+## few long speech runs, to stay within CI's 15 min); `make test-all` runs those too.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=15 $(ARGS)
 

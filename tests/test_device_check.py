@@ -69,7 +69,8 @@ def test_synthetic_mnist_loads_as_mnist_where_no_cache_is_found(tmp_path):
     assert d2 == d and "SYNTHETIC" not in source2  # a cache is used as it is
 
 
-@pytest.mark.slow  # ~1 min of CPU: tiny models compiled, each section once
+# ~1 min of CPU (tiny models compiled, each section once); in `make test` so the script never
+# rots between GPU loans.
 def test_quick_mode_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
     """The CPU smoke run of the prepared script (what a GPU session runs, at tiny sizes)."""
     out = tmp_path / "out"
