@@ -228,7 +228,7 @@ def test_export_nnx_and_equinox_models(stores, files, name, tmp_path, capsys):
         print(100.0 * float(np.mean(np.argmax(np.asarray(predict(x)), -1) != y)))
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     store = ModelStore.open(stores[name])
     want = store.evaluate(files / "test.npz")
